@@ -1,0 +1,33 @@
+"""Exceptions that carry what a user needs to fix the problem."""
+
+from __future__ import annotations
+
+
+class MercoreError(Exception):
+    """Base class of every error mercore raises on purpose."""
+
+
+class ConfigError(MercoreError):
+    """A recipe or an override is invalid. ``problems`` lists every problem found, not just the first."""
+
+    def __init__(self, problems: list[str] | str, source: str | None = None):
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        self.source = source
+        head = f"{len(self.problems)} problem(s) in {source}" if source else f"{len(self.problems)} problem(s)"
+        super().__init__(head + ":\n" + "\n".join(f"  - {p}" for p in self.problems))
+
+
+class RegistryError(MercoreError):
+    """A component name is unknown, duplicated, or its plugin is missing."""
+
+
+class DataError(MercoreError):
+    """A data file is missing, corrupt or inconsistent. The message names file, dialogue and field."""
+
+
+class CheckpointError(MercoreError):
+    """A checkpoint is missing, truncated, corrupted or does not match the model."""
+
+
+class TrainingError(MercoreError):
+    """Training cannot go on (for example a NaN loss)."""

@@ -1,0 +1,7 @@
+"""placeholder: filled in by its owner."""
+from mercore.hookspecs import hookimpl
+
+
+@hookimpl
+def register_components(register):
+    pass
