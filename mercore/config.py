@@ -29,13 +29,15 @@ def option(default: Any = attrs.NOTHING, *, help: str = "", factory: Any = None)
     return attrs.field(default=default, metadata={_META_HELP: help})
 
 
-def component(kind: str, default: dict | None = None, *, help: str = "") -> Any:
+def component(kind: str, default: dict | None = None, *, required: bool = False, help: str = "") -> Any:
     """A field holding a sub-component of ``kind``; validated into a :class:`~mercore.registry.Node`.
 
-    ``default`` is the recipe node used when the key is absent (``None`` makes the sub-component optional).
-    Annotate the field as ``Node`` (required) or ``Node | None`` (optional).
+    ``default`` is the recipe node used when the key is absent (``None`` makes the sub-component optional);
+    ``required=True`` makes the key mandatory. Annotate the field as ``Node`` or ``Node | None``.
     """
     meta = {_META_KIND: kind, _META_HELP: help}
+    if required:
+        return attrs.field(metadata=meta)
     if default is None:
         return attrs.field(default=None, metadata=meta)
     return attrs.field(factory=lambda: dict(default), metadata=meta)
@@ -68,18 +70,18 @@ def type_name(tp: Any) -> str:
 
 
 class LineMap:
-    """Dotted key path -> YAML line (1-based), as far as the recipe file knows it."""
+    """Dotted key path -> where it was set: ``"line 12"`` of the recipe, or ``"override 'a.b=1'"``."""
 
-    def __init__(self, lines: dict[str, int] | None = None, source: str | None = None):
+    def __init__(self, lines: dict[str, str] | None = None, source: str | None = None):
         self.lines = lines or {}
         self.source = source
 
     def where(self, path: str) -> str:
-        """``path (line N)`` where a line is known for the path or its nearest ancestor."""
+        """``path (line N)`` where the origin of the path or of its nearest ancestor is known."""
         probe = path
         while probe:
             if probe in self.lines:
-                return f"{path} (line {self.lines[probe]})"
+                return f"{path} ({self.lines[probe]})"
             probe = probe.rpartition(".")[0]
         return path
 

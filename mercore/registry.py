@@ -117,8 +117,10 @@ class Registry:
     ) -> ComponentSpec:
         """Register ``factory`` as component ``name`` of ``kind``. A second provider of a name is refused."""
         if kind not in self._specs:
+            close = difflib.get_close_matches(kind, KINDS, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
             raise RegistryError(
-                f"plugin {plugin!r} registers {name!r} under unknown kind {kind!r}; kinds: {', '.join(KINDS)}"
+                f"plugin {plugin!r} registers {name!r} under unknown kind {kind!r}{hint} Kinds: {', '.join(KINDS)}"
             )
         existing = self._specs[kind].get(name)
         if existing is not None:

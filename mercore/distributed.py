@@ -1,0 +1,87 @@
+"""Data-parallel training under torchrun: rank helpers, batch sharding and loss scaling.
+
+With ``torchrun --nproc_per_node=P -m mercore run RECIPE`` every process reads the same recipe; each global
+batch of ``trainer.batch_size`` dialogues is split across ranks (rank r takes dialogues r, r+P, ...), and
+each rank's loss is scaled by its share of the batch's utterances so that the averaged DDP gradient equals
+the single-process gradient of the whole batch. Only rank 0 writes the run directory.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as tdist
+
+from mercore.data.types import PAD_LABEL, DialogueBatch
+
+
+def is_distributed() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def init_if_needed(device_name: str = "cpu") -> None:
+    """Start the process group from torchrun's environment (gloo on CPU, nccl on CUDA)."""
+    if is_distributed() and not tdist.is_initialized():
+        backend = "nccl" if device_name.startswith("cuda") or (device_name == "auto" and torch.cuda.is_available()) else "gloo"
+        tdist.init_process_group(backend=backend)
+
+
+def device_for_rank(device_name: str) -> str:
+    if device_name.startswith("cuda") or (device_name == "auto" and torch.cuda.is_available()):
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    return "cpu"
+
+
+def wrap_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    from torch.nn.parallel import DistributedDataParallel
+
+    init_if_needed(str(device))
+    return _DDPModel(DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                             find_unused_parameters=True))
+
+
+class _DDPModel(torch.nn.Module):
+    """Passes ``teacher=`` through DDP and returns the wrapped model's ModelOutput."""
+
+    def __init__(self, ddp: torch.nn.Module):
+        super().__init__()
+        self.ddp = ddp
+
+    def forward(self, batch, teacher=None):
+        return self.ddp(batch, teacher=teacher)
+
+
+def shard_batch(batch: DialogueBatch, rank_: int, world: int) -> DialogueBatch:
+    """Rank ``rank_``'s share of a global batch: dialogues ``rank_, rank_ + world, ...``."""
+    if world <= 1:
+        return batch
+    idx = list(range(rank_, len(batch.dialogue_ids), world))
+    if not idx:  # a last, short batch: give this rank one dialogue with no labels, so collectives still match
+        idx = [0]
+        labels = torch.full_like(batch.labels[:1], PAD_LABEL)
+    else:
+        labels = batch.labels[idx]
+    return DialogueBatch(
+        features={m: f[idx] for m, f in batch.features.items()},
+        mask=batch.mask[idx], speakers=batch.speakers[idx], labels=labels,
+        dialogue_ids=[batch.dialogue_ids[i] for i in idx],
+    )
+
+
+def scale_loss(loss: torch.Tensor, batch: DialogueBatch) -> torch.Tensor:
+    """Scale a rank's mean loss by ``world * local_utterances / global_utterances`` (identity without DDP)."""
+    if not is_distributed() or not tdist.is_initialized():
+        return loss
+    local = (batch.labels != PAD_LABEL).sum().to(torch.float64)
+    total = local.clone()
+    tdist.all_reduce(total)
+    return loss * (world_size() * local / total.clamp_min(1)).to(loss.dtype)
