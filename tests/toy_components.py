@@ -54,6 +54,7 @@ class ToyModel(torch.nn.Module):
         hidden: int = 16
         dropout: float = 0.1
         modalities: list[str] = option(factory=lambda: ["text"])
+        step_delay: float = 0.0  # seconds slept per training forward, so a test can kill a run mid-epoch
 
     def __init__(self, config: Config, *, modality_dims, num_classes, **_):
         super().__init__()
@@ -63,5 +64,9 @@ class ToyModel(torch.nn.Module):
                                        torch.nn.Dropout(config.dropout), torch.nn.Linear(config.hidden, num_classes))
 
     def forward(self, batch, teacher=None) -> ModelOutput:
+        if self.training and self.config.step_delay:
+            import time
+
+            time.sleep(self.config.step_delay)
         x = torch.cat([batch.features[m] for m in self.config.modalities], -1)
         return ModelOutput(logits=self.net(x))
