@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import os
 
+import attrs
 import torch
 import torch.distributed as tdist
 
 from mercore.data.types import PAD_LABEL, DialogueBatch
+from mercore.model_api import ModelOutput
 
 
 def is_distributed() -> bool:
@@ -45,19 +47,33 @@ def wrap_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     from torch.nn.parallel import DistributedDataParallel
 
     init_if_needed(str(device))
-    return _DDPModel(DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
-                                             find_unused_parameters=True))
+    # find_unused_parameters: a sparse MoE leaves unselected experts without gradient in some steps.
+    ddp = DistributedDataParallel(_AsDict(model), device_ids=[device.index] if device.type == "cuda" else None,
+                                  find_unused_parameters=True)
+    return _FromDict(ddp)
 
 
-class _DDPModel(torch.nn.Module):
-    """Passes ``teacher=`` through DDP and returns the wrapped model's ModelOutput."""
+class _AsDict(torch.nn.Module):
+    """Returns the model's ModelOutput as a dict: DDP finds the output tensors in dicts, not in attrs classes."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch, teacher=None) -> dict:
+        out = self.model(batch, teacher=teacher)
+        return {f.name: getattr(out, f.name) for f in attrs.fields(type(out))}
+
+
+class _FromDict(torch.nn.Module):
+    """The DDP-wrapped model seen as a mercore model again: ``forward(batch, teacher) -> ModelOutput``."""
 
     def __init__(self, ddp: torch.nn.Module):
         super().__init__()
         self.ddp = ddp
 
-    def forward(self, batch, teacher=None):
-        return self.ddp(batch, teacher=teacher)
+    def forward(self, batch, teacher=None) -> ModelOutput:
+        return ModelOutput(**self.ddp(batch, teacher=teacher))
 
 
 def shard_batch(batch: DialogueBatch, rank_: int, world: int) -> DialogueBatch:
@@ -85,3 +101,18 @@ def scale_loss(loss: torch.Tensor, batch: DialogueBatch) -> torch.Tensor:
     total = local.clone()
     tdist.all_reduce(total)
     return loss * (world_size() * local / total.clamp_min(1)).to(loss.dtype)
+
+
+def mean_across_ranks(value: torch.Tensor) -> torch.Tensor:
+    """The mean of a (scaled) loss over ranks: the global batch's loss, for logging."""
+    if not is_distributed() or not tdist.is_initialized():
+        return value
+    value = value.detach().clone()
+    tdist.all_reduce(value)
+    return value / world_size()
+
+
+def barrier() -> None:
+    """Wait for every rank (e.g. before reading a checkpoint that rank 0 writes)."""
+    if is_distributed() and tdist.is_initialized():
+        tdist.barrier()

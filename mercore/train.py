@@ -320,7 +320,7 @@ class Trainer:
         optimizer.step()
         if scheduler is not None:
             scheduler.step()
-        return float(total.detach()), terms
+        return float(dist.mean_across_ranks(total.detach())), terms
 
     def _on_sigint(self, signum, frame) -> None:
         if self._stop_requested:  # a second Ctrl-C: stop now
@@ -383,6 +383,7 @@ class Trainer:
 
     # -- the end ---------------------------------------------------------------------------------------------
     def _finish(self, c: Components, device: torch.device, state: dict, seconds: float) -> dict:
+        dist.barrier()  # rank 0 may still be writing best/
         best = self.ckpt_dir / "best"
         ckpt.load_weights(best, c.model)
         if c.distiller is not None and (best / "extra.safetensors").exists():
