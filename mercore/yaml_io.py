@@ -68,8 +68,9 @@ def parse_yaml(text: str, source: str = "<recipe>") -> tuple[Any, dict[str, str]
     Raises:
         ConfigError: the text is not valid YAML, or has duplicate keys (all of them listed).
     """
-    loader = RecipeLoader(text)
+    loader = None
     try:
+        loader = RecipeLoader(text)  # the reader already refuses non-printable characters here
         node = loader.get_single_node()
         if node is None:
             return {}, {}
@@ -82,7 +83,8 @@ def parse_yaml(text: str, source: str = "<recipe>") -> tuple[Any, dict[str, str]
         detail = getattr(exc, "problem", None) or str(exc)
         raise ConfigError([f"{where}invalid YAML: {detail}"], source=source) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     if problems:
         raise ConfigError(problems, source=source)
     lines.pop("", None)
