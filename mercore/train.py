@@ -104,9 +104,11 @@ def evaluate(c: Components, split: str, batch_size: int, device: torch.device) -
     if c.distiller is not None:
         c.distiller.eval()
     golds, preds, rows = [], [], []
+    # The teacher's forward is needed at evaluation only by a model that lets it guide there.
+    guides_at_eval = bool(getattr(getattr(c.model, "config", None), "guide_at_eval", False))
     for batch in iterate_batches(c.corpus.split(split), c.modalities, batch_size):
         batch = batch.to(device)
-        teacher_out = c.distiller.teacher_output(batch) if c.distiller is not None else None
+        teacher_out = c.distiller.teacher_output(batch) if c.distiller is not None and guides_at_eval else None
         logits = c.model(batch, teacher=teacher_out).logits
         pred = logits.argmax(-1)
         keep = batch.mask & (batch.labels != PAD_LABEL)

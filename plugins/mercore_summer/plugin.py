@@ -1,7 +1,24 @@
-"""placeholder: filled in by its owner."""
+"""SUMMER's components: the ``transformer`` encoder, the ``hcmf`` fusion, the ``linear`` and ``mlp`` heads, the
+``multimodal`` model assembler, the ``ikd`` distiller, and (from :mod:`mercore_summer.moe`) the SDMoE routers,
+experts and block.
+"""
+
 from mercore.hookspecs import hookimpl
+
+from mercore_summer.encoders import TransformerEncoder
+from mercore_summer.fusion import HCMF
+from mercore_summer.heads import LinearHead, MLPHead
+from mercore_summer.ikd import IKDistiller
+from mercore_summer.model import MultimodalModel
+from mercore_summer.moe import register_moe
 
 
 @hookimpl
 def register_components(register):
-    pass
+    register("encoder", "transformer", TransformerEncoder)
+    register("fusion", "hcmf", HCMF)
+    register("head", "linear", LinearHead)
+    register("head", "mlp", MLPHead)
+    register("model", "multimodal", MultimodalModel)
+    register("distiller", "ikd", IKDistiller)
+    register_moe(register)

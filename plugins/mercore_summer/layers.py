@@ -1,0 +1,176 @@
+"""Building blocks shared by SUMMER's components and the baselines: attention with exposed weights,
+pre-norm Transformer layers, position encodings and SDT's gates.
+
+Every module here works on padded dialogue batches: ``x (B, T, D)`` with a bool ``mask (B, T)`` (True = real
+utterance). Attention never reads a padded key, so the outputs at real positions do not depend on what the
+padded positions hold.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+from einops import rearrange
+from torch import nn
+
+#: A hook on attention logits ``(B, h, Tq, Tk)`` (padded keys already at the dtype's minimum) -> logits.
+LogitHook = Callable[[torch.Tensor], torch.Tensor]
+
+
+def zero_padding(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``x (B, T, D)`` with the padded positions set to 0 (also where they held NaN or inf)."""
+    return x.masked_fill(~mask.bool().unsqueeze(-1), 0.0)
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``values (B, T)`` over the True entries of ``mask (B, T)``; 0 (with a graph) when there are none."""
+    mask = mask.bool()
+    total = values.masked_fill(~mask, 0.0).sum()
+    return total / mask.sum().clamp_min(1).to(values.dtype)
+
+
+def sinusoidal_positions(length: int, dim: int, *, device=None, dtype=None) -> torch.Tensor:
+    """``(length, dim)`` sinusoidal position encodings (Vaswani et al. 2017), as SDT's ``PositionalEncoding``:
+    ``pe[p, 2i] = sin(p / 10000^(2i/dim))``, ``pe[p, 2i+1] = cos(...)``; an odd ``dim`` drops the last cosine."""
+    pos = torch.arange(length, device=device, dtype=torch.float32).unsqueeze(1)  # (T, 1)
+    freq = torch.exp(torch.arange(0, dim, 2, device=device, dtype=torch.float32) * (-math.log(10000.0) / dim))
+    pe = torch.zeros(length, dim, device=device, dtype=torch.float32)
+    pe[:, 0::2] = torch.sin(pos * freq)
+    pe[:, 1::2] = torch.cos(pos * freq)[:, : dim // 2]
+    return pe.to(dtype) if dtype is not None else pe
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head scaled dot-product attention that returns its weights.
+
+    Shapes: ``query (B, Tq, D)``, ``context (B, Tk, D)``, ``key_mask (B, Tk)`` bool -> ``(out (B, Tq, D),
+    attn (B, h, Tq, Tk))``; ``attn`` is the softmax before dropout, exactly 0 at padded keys.
+
+    ``logit_hook`` (teacher guidance) receives the scaled logits with padded keys at the dtype's minimum and
+    returns modified logits; padded keys are masked again afterwards, so a hook cannot open them.
+    """
+
+    def __init__(self, dim: int, heads: int, dropout: float = 0.0, *, name: str = "attention"):
+        super().__init__()
+        if heads < 1 or dim % heads:
+            raise ValueError(f"{name}: hidden size {dim} is not divisible by heads={heads}")
+        self.heads = heads
+        self.scale = (dim // heads) ** -0.5
+        self.to_q = nn.Linear(dim, dim)
+        self.to_k = nn.Linear(dim, dim)
+        self.to_v = nn.Linear(dim, dim)
+        self.to_out = nn.Linear(dim, dim)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, query: torch.Tensor, context: torch.Tensor, key_mask: torch.Tensor,
+                logit_hook: LogitHook | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.heads
+        q = rearrange(self.to_q(query), "b i (h d) -> b h i d", h=h)
+        k = rearrange(self.to_k(context), "b j (h d) -> b h j d", h=h)
+        v = rearrange(self.to_v(context), "b j (h d) -> b h j d", h=h)
+        logits = torch.einsum("bhid,bhjd->bhij", q, k) * self.scale  # (B, h, Tq, Tk)
+        closed = ~key_mask.bool()[:, None, None, :]  # (B, 1, 1, Tk)
+        neg = torch.finfo(logits.dtype).min  # not -inf: a row without real keys stays finite (uniform)
+        logits = logits.masked_fill(closed, neg)
+        if logit_hook is not None:
+            logits = logit_hook(logits).masked_fill(closed, neg)
+        attn = logits.softmax(dim=-1)
+        out = torch.einsum("bhij,bhjd->bhid", self.dropout(attn), v)
+        return self.to_out(rearrange(out, "b h i d -> b i (h d)")), attn
+
+
+class FeedForward(nn.Module):
+    """``Linear(D, mult*D) -> GELU -> Dropout -> Linear(mult*D, D)``; ``(B, T, D) -> (B, T, D)``."""
+
+    def __init__(self, dim: int, mult: float = 4.0, dropout: float = 0.0):
+        super().__init__()
+        inner = max(1, int(round(dim * mult)))
+        self.net = nn.Sequential(nn.Linear(dim, inner), nn.GELU(), nn.Dropout(dropout), nn.Linear(inner, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class TransformerLayer(nn.Module):
+    """A pre-norm Transformer layer, self- or cross-attention (Xiong et al. 2020's pre-LN ordering).
+
+    ``x = x + drop(attn(LN(x), LN_kv(context)))``; ``x = x + drop(ff(LN(x)))``. Self-attention when
+    ``context`` is None (keys are the normed ``x``); cross-attention (``cross=True``) otherwise: ``x`` is the
+    query, ``context`` the keys/values, normed by its own LayerNorm.
+
+    Shapes: ``x (B, T, D)``, ``mask (B, T)`` (the keys' mask; query and context share the utterance axis in a
+    dialogue), ``context (B, T, D)`` -> ``(y (B, T, D), attn (B, h, T, T))``.
+    """
+
+    def __init__(self, dim: int, heads: int, ff_mult: float = 4.0, dropout: float = 0.1, *, cross: bool = False,
+                 name: str = "layer"):
+        super().__init__()
+        self.cross = cross
+        self.norm_q = nn.LayerNorm(dim)
+        self.norm_kv = nn.LayerNorm(dim) if cross else None
+        self.attn = MultiHeadAttention(dim, heads, dropout, name=name)
+        self.norm_ff = nn.LayerNorm(dim)
+        self.ff = FeedForward(dim, ff_mult, dropout)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, context: torch.Tensor | None = None,
+                logit_hook: LogitHook | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        q = self.norm_q(x)
+        if context is None:
+            kv = q
+        else:
+            if self.norm_kv is None:
+                raise ValueError("this layer was built for self-attention (cross=False) but got a context")
+            kv = self.norm_kv(context)
+        a, attn = self.attn(q, kv, mask, logit_hook)
+        x = x + self.dropout(a)
+        x = x + self.dropout(self.ff(self.norm_ff(x)))
+        return x, attn
+
+
+class UnimodalGate(nn.Module):
+    """SDT's unimodal-level gated fusion: ``sigmoid(W x) * x`` per feature, ``W`` a bias-free ``Linear(D, D)``.
+
+    ``identity=True`` fixes ``W`` to the identity (SDT freezes it so on MELD), i.e. ``sigmoid(x) * x``.
+    ``(B, T, D) -> (B, T, D)``.
+    """
+
+    def __init__(self, dim: int, identity: bool = False):
+        super().__init__()
+        self.fc = None if identity else nn.Linear(dim, dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = x if self.fc is None else self.fc(x)
+        return torch.sigmoid(z) * x
+
+
+class ModalityGate(nn.Module):
+    """SDT's multimodal-level gated fusion: a softmax over the M inputs, per feature, of ``W x_m``.
+
+    ``y = sum_m softmax_m(W x_m) * x_m`` with ``W`` a bias-free ``Linear(D, D)`` shared by the inputs.
+    ``list of M (B, T, D) -> ((B, T, D), weights (B, T, M, D))``.
+    """
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.fc = nn.Linear(dim, dim, bias=False)
+
+    def forward(self, xs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        stacked = torch.stack(xs, dim=-2)  # (B, T, M, D)
+        weights = self.fc(stacked).softmax(dim=-2)
+        return (weights * stacked).sum(dim=-2), weights
+
+
+__all__ = [
+    "FeedForward",
+    "LogitHook",
+    "ModalityGate",
+    "MultiHeadAttention",
+    "TransformerLayer",
+    "UnimodalGate",
+    "masked_mean",
+    "sinusoidal_positions",
+    "zero_padding",
+]
