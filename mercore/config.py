@@ -100,11 +100,12 @@ class _Validator:
         self.problems.append(f"{self.lines.where(path) if path else '(top level)'}: {msg}")
 
     # -- attrs classes -----------------------------------------------------------------------------------
-    def config(self, cls: type, data: Any, path: str) -> Any:
+    def config(self, cls: type, data: Any, path: str, label: str | None = None) -> Any:
+        label = label or cls.__name__
         if data is None:
             data = {}
         if not isinstance(data, dict):
-            self.problem(path, f"expected a mapping of {cls.__name__} options, got {type(data).__name__} {data!r}")
+            self.problem(path, f"expected a mapping of {label} options, got {type(data).__name__} {data!r}")
             return None
         before = len(self.problems)
         hints = typing.get_type_hints(cls)
@@ -115,7 +116,7 @@ class _Validator:
                 close = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.6)
                 hint = f"; did you mean {close[0]!r}?" if close else ""
                 known = ", ".join(fields) if fields else "(none)"
-                self.problem(_join(path, key), f"unknown key {key!r} for {cls.__name__}{hint} Valid keys: {known}")
+                self.problem(_join(path, key), f"unknown key {key!r} for {label}{hint} Valid keys: {known}")
         for name, f in fields.items():
             sub = _join(path, name)
             if name in data:
@@ -139,7 +140,7 @@ class _Validator:
         try:
             return cls(**kwargs)
         except (TypeError, ValueError) as exc:  # attrs validators of the config class
-            self.problem(path, f"{cls.__name__}: {exc}")
+            self.problem(path, f"{label}: {exc}")
             return None
 
     def node(self, kind: str, data: Any, path: str) -> Node | None:
@@ -159,7 +160,7 @@ class _Validator:
             return None
         before = len(self.problems)
         options = {k: v for k, v in data.items() if k != "type"}
-        cfg = self.config(spec.config_cls, options, path)
+        cfg = self.config(spec.config_cls, options, path, label=f"{kind} {spec.name!r}")
         if len(self.problems) > before or cfg is None:
             return None
         return Node(spec=spec, config=cfg)
