@@ -214,3 +214,26 @@ def test_load_names_a_missing_plugin(tmp_path):
     (out / "recipe.yaml").write_text(text)
     with pytest.raises(mercore.errors.RegistryError, match="fancy_optimizer_from_elsewhere.*Install the plugin"):
         mercore.load(out)
+
+
+def test_ctrl_c_saves_a_checkpoint_exits_130_and_resumes_exactly(tmp_path, subprocess_env):
+    recipe = RECIPE.replace('dropout: 0.2}', 'dropout: 0.2, step_delay: 0.05}').replace("epochs: 3", "epochs: 4")
+    full, out_full = run(tmp_path, "full", recipe=recipe)
+    out = tmp_path / "ctrlc"
+    path = write_recipe(tmp_path / "ctrlc.yaml", recipe.format(out=out))
+    proc = subprocess.Popen([sys.executable, "-m", "mercore", "run", str(path)], env=subprocess_env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not (out / "checkpoints" / "LATEST").exists() and time.time() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.08)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "saved a checkpoint" in stdout and "resume=true" in stdout
+    assert "-step-" in (out / "checkpoints" / "LATEST").read_text(), "Ctrl-C mid-epoch saves a mid-epoch checkpoint"
+    done = subprocess.run([sys.executable, "-m", "mercore", "run", str(path), "resume=true"], env=subprocess_env,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    wa, wb = weights(out_full), weights(out)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
