@@ -49,6 +49,17 @@ def metric_lines(run_dir: Path) -> list[dict]:
     return rows
 
 
+def start_run_past_first_checkpoint(recipe: Path, out: Path, env: dict, delay: float) -> subprocess.Popen:
+    """Start ``mercore run`` in a subprocess; return once its first checkpoint exists plus ``delay`` seconds."""
+    proc = subprocess.Popen([sys.executable, "-m", "mercore", "run", str(recipe)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not (out / "checkpoints" / "LATEST").exists() and time.time() < deadline:
+        time.sleep(0.02)
+    time.sleep(delay)  # into the next epoch
+    return proc
+
+
 def test_run_directory_layout(tmp_path):
     results, out = run(tmp_path, "a")
     for name in ("recipe.yaml", "metrics.jsonl", "results.json", "predictions_test.jsonl", "checkpoints/LATEST",
@@ -100,14 +111,9 @@ def test_sigkill_mid_run_then_resume_equals_uninterrupted(tmp_path, subprocess_e
     full, out_full = run(tmp_path, "full", recipe=recipe)
     out = tmp_path / "killed"
     path = write_recipe(tmp_path / "killed.yaml", recipe.format(out=out))
-    proc = subprocess.Popen([sys.executable, "-m", "mercore", "run", str(path)], env=subprocess_env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 60
-    while not (out / "checkpoints" / "LATEST").exists() and time.time() < deadline:
-        time.sleep(0.02)
-    time.sleep(0.12)  # into the next epoch
+    proc = start_run_past_first_checkpoint(path, out, subprocess_env, delay=0.12)
     proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    proc.communicate()
     assert proc.returncode == -signal.SIGKILL
     assert not (out / "results.json").exists(), "the run finished before it was killed; the test proves nothing"
     done = subprocess.run([sys.executable, "-m", "mercore", "run", str(path), "resume=true"], env=subprocess_env,
@@ -221,12 +227,7 @@ def test_ctrl_c_saves_a_checkpoint_exits_130_and_resumes_exactly(tmp_path, subpr
     full, out_full = run(tmp_path, "full", recipe=recipe)
     out = tmp_path / "ctrlc"
     path = write_recipe(tmp_path / "ctrlc.yaml", recipe.format(out=out))
-    proc = subprocess.Popen([sys.executable, "-m", "mercore", "run", str(path)], env=subprocess_env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 60
-    while not (out / "checkpoints" / "LATEST").exists() and time.time() < deadline:
-        time.sleep(0.02)
-    time.sleep(0.08)
+    proc = start_run_past_first_checkpoint(path, out, subprocess_env, delay=0.08)
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr
