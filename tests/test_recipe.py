@@ -117,8 +117,9 @@ def test_validate_build_runs_one_batch(tmp_path, subprocess_env):
 
 
 def test_every_shipped_recipe_validates(registry):
-    recipes = sorted((ROOT / "recipes").glob("*.yaml"))
+    recipes = sorted((ROOT / "recipes").rglob("*.yaml"))  # recipes/ and its subfolders (recipes/synthetic/...)
     assert recipes, "no recipes shipped"
     for path in recipes:
         load_recipe(path, registry=registry)  # raises ConfigError listing every problem
-        assert path.read_text().startswith("#"), f"{path.name} must open with a comment showing how to run it"
+        name = path.relative_to(ROOT / "recipes")
+        assert path.read_text().startswith("#"), f"{name} must open with a comment showing how to run it"
