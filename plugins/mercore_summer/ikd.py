@@ -270,7 +270,7 @@ def train_teacher(recipe: str, run_dir: str, overrides: list[str] | None = None,
             torch.cuda.set_rng_state_all(state["cuda"])
     dist.barrier()  # every rank loads the teacher only once rank 0 has written it
     log(f"teacher done: test weighted F1 {results['test']['weighted_f1']:.4f} (epoch {results['best_epoch']}); "
-        "now training the student")
+        "loading it as the frozen teacher")
     return results
 
 
