@@ -16,11 +16,13 @@ Shapes used throughout:
 
 Variants (all compute the same function, all differentiable in ``x``, weights, biases and ``gate``):
 
-* :func:`fused_moe` -- the kernel: one sort of the ``M`` valid (token, expert) assignments by expert, every
-  expert's two (three with ``w3``) matmuls as one grouped matmul over the sorted rows, the activation once over
-  all rows, one un-permutation that combines with the gate (``index_add``). A hand-written backward reuses the
-  sort, saves only the pre-activation (recomputes the activation and the gathered input) and never builds
-  padded copies of the activations.
+* :func:`fused_moe` -- the kernel: one sort of the ``M`` valid (token, expert) assignments by expert, one gather
+  of the tokens into expert-grouped rows, every expert's two (three with ``w3``) matmuls as one batched matmul
+  over all experts (``torch.bmm`` over ``(E, C, .)`` padded groups, or ``torch._grouped_mm`` over compact groups),
+  the activation once over all rows, one un-permutation that combines with the gate (gather + batched gate
+  matmul over ``k``; ``index_add_`` for arbitrary flat routing). A hand-written backward reuses the sort and the
+  layout, saves only the pre-activation and the ``(., d)`` expert output, recomputes the activation and the
+  gathered input, and works in place.
 * :func:`naive_moe` -- the usual Hugging Face (Mixtral-style) loop over experts with ``index_select`` /
   ``index_add_``; the correctness reference.
 * :func:`dense_moe` -- every expert on every token, then masked/combined by the gate (``E / k`` times the FLOPs).
@@ -58,8 +60,7 @@ Impl = Literal["auto", "grouped", "padded"]
 ACTIVATIONS: tuple[str, ...] = ("gelu", "relu", "silu")
 
 # ---------------------------------------------------------------------------------------------------------------
-# Activations and their backward. The aten backward ops compute ``grad * act'(pre)`` in one pass over memory
-# straight from the saved pre-activation, which is what lets the fused backward skip storing ``act(pre)``.
+# Activations and their backward.
 # ---------------------------------------------------------------------------------------------------------------
 
 
@@ -73,25 +74,27 @@ def _act(name: str, pre: Tensor) -> Tensor:
     raise ValueError(f"activation must be one of {ACTIVATIONS}, got {name!r}")
 
 
-def _act_backward(name: str, grad: Tensor, pre: Tensor) -> Tensor:
-    """``grad * act'(pre)``; ``grad`` and ``pre`` have the same shape and dtype."""
-    if name == "gelu":
-        return torch.ops.aten.gelu_backward(grad, pre)
-    if name == "relu":
-        return torch.ops.aten.threshold_backward(grad, pre, 0)
-    if name == "silu":
-        return torch.ops.aten.silu_backward(grad, pre)
-    raise ValueError(f"activation must be one of {ACTIVATIONS}, got {name!r}")
-
-
 def _act_backward_(name: str, grad: Tensor, pre: Tensor) -> Tensor:
-    """In-place :func:`_act_backward`: overwrites and returns ``grad`` (saves an ``(M, h)`` allocation)."""
+    """``grad * act'(pre)`` written over ``grad`` (saves an ``(R, h)`` allocation). The aten backward ops do it in
+    one pass over memory straight from the saved pre-activation, which is what lets the fused backward skip
+    storing ``act(pre)``."""
     if name == "gelu":
         return torch.ops.aten.gelu_backward.grad_input(grad, pre, grad_input=grad)
     if name == "relu":
         return torch.ops.aten.threshold_backward.grad_input(grad, pre, 0, grad_input=grad)
     if name == "silu":
         return torch.ops.aten.silu_backward.grad_input(grad, pre, grad_input=grad)
+    raise ValueError(f"activation must be one of {ACTIVATIONS}, got {name!r}")
+
+
+def _act_(name: str, pre: Tensor) -> Tensor:
+    """In-place activation (inference forward, where the pre-activation is not needed afterwards)."""
+    if name == "gelu":
+        return torch.ops.aten.gelu_(pre)
+    if name == "relu":
+        return pre.relu_()
+    if name == "silu":
+        return F.silu(pre, inplace=True)
     raise ValueError(f"activation must be one of {ACTIVATIONS}, got {name!r}")
 
 
@@ -118,6 +121,9 @@ class MoERouting:
         counts: per-expert assignment counts, on the host (one device sync to get them; needed anyway to
             size buffers).
         num_tokens: ``N``.
+        slots_per_token: ``k`` when the flat list is the padded form (assignment ``a`` is slot ``a % k`` of token
+            ``a // k``), which lets the combine un-permute with a gather and a sum over ``k`` instead of a
+            scatter-add; ``None`` for arbitrary flat lists.
     """
 
     order: Tensor
@@ -126,8 +132,7 @@ class MoERouting:
     offs: Tensor
     counts: list[int]
     num_tokens: int
-    _slot: Tensor | None = None
-    _cap: int = 0
+    slots_per_token: int | None = None
 
     @property
     def num_experts(self) -> int:
@@ -137,23 +142,21 @@ class MoERouting:
     def num_assignments(self) -> int:
         return int(self.order.numel())
 
-    def padded_slots(self, block: int = 8) -> tuple[Tensor, int]:
-        """Row of every sorted assignment in the padded ``(E * C, .)`` layout, and ``C``.
+    @property
+    def capacity(self) -> int:
+        """Largest expert load ``C`` (at least 1): the row count per expert of the padded layout."""
+        return max(max(self.counts, default=0), 1)
 
-        ``C`` is the largest group rounded up to ``block`` rows; computed lazily because only the fallback
-        path (and ``float64``) needs it.
-        """
-        if self._slot is None:
-            cap = max(max(self.counts, default=0), 1)
-            cap = -(-cap // block) * block
-            starts = self.offs.to(torch.long) - torch.tensor(self.counts, device=self.offs.device)
-            pos = torch.arange(self.num_assignments, device=self.token.device) - starts.index_select(0, self.expert)
-            self._slot = self.expert * cap + pos
-            self._cap = cap
-        return self._slot, self._cap
+    def padded_slot(self) -> Tensor:
+        """``(M,)`` row of every sorted assignment in the padded ``(E * C, .)`` layout (``e * C + rank in e``)."""
+        starts = self.offs.to(torch.long) - torch.tensor(self.counts, device=self.offs.device)
+        rank = torch.arange(self.num_assignments, device=self.token.device) - starts.index_select(0, self.expert)
+        return self.expert * self.capacity + rank
 
 
-def sort_assignments(token_idx: Tensor, expert_idx: Tensor, num_experts: int, num_tokens: int) -> MoERouting:
+def sort_assignments(
+    token_idx: Tensor, expert_idx: Tensor, num_experts: int, num_tokens: int, slots_per_token: int | None = None
+) -> MoERouting:
     """Sort flat assignments by expert, dropping ``expert_idx == -1`` entries.
 
     Args:
@@ -161,6 +164,7 @@ def sort_assignments(token_idx: Tensor, expert_idx: Tensor, num_experts: int, nu
         expert_idx: ``(A,)`` long expert of each assignment, ``-1`` for none.
         num_experts: ``E``.
         num_tokens: ``N``.
+        slots_per_token: ``k`` if ``token_idx == arange(N).repeat_interleave(k)`` (the padded form), else None.
     """
     expert_idx = expert_idx.reshape(-1).to(torch.long)
     token_idx = token_idx.reshape(-1).to(torch.long)
@@ -182,7 +186,8 @@ def sort_assignments(token_idx: Tensor, expert_idx: Tensor, num_experts: int, nu
     sorted_e = sorted_e[start:]
     token = token_idx.index_select(0, order)
     offs = torch.tensor(counts, device=expert_idx.device, dtype=torch.long).cumsum(0).to(torch.int32)
-    return MoERouting(order=order, token=token, expert=sorted_e, offs=offs, counts=counts, num_tokens=num_tokens)
+    return MoERouting(order=order, token=token, expert=sorted_e, offs=offs, counts=counts, num_tokens=num_tokens,
+                      slots_per_token=slots_per_token)
 
 
 def padded_to_flat(expert_idx: Tensor, gate: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -197,20 +202,34 @@ def padded_to_flat(expert_idx: Tensor, gate: Tensor) -> tuple[Tensor, Tensor, Te
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Grouped matmuls over the sorted rows.
+# Row layouts: where the M sorted assignments live while every expert runs, and the batched matmuls over them.
 #
-# Why torch._grouped_mm: on CPU in torch 2.13 it exists, handles float32/bfloat16/float16, and runs every group as
-# its own GEMM inside one ATen call, so there is no padding at all (no wasted FLOPs when the routing is
-# imbalanced, no padded copies) and no Python loop over experts. Measured on the 2-core CPU it runs at the speed
-# of a single dense matmul of the same total size (see benchmarks/). It is private API, so availability is probed
-# once per (device, dtype) and every call falls back on error.
+# Two layouts, one kernel (the autograd Function below only talks to the layout):
 #
-# Fallback (float64, older torch, or a device/dtype/alignment _grouped_mm refuses): scatter the sorted rows into
-# an ``(E, C, .)`` buffer with ``C`` the largest group (rounded to 8) and use one batched matmul. That wastes
-# ``E*C - M`` rows of FLOPs when imbalanced; padding each group to a small block instead and running a
-# block-diagonal bmm would need a copy of the expert weight per block (``n_blocks * d * h``), which costs more
-# memory traffic than the padded rows it saves at the sizes here, so the simple pad-to-max is the fallback.
+# * ``_PaddedLayout``: the tokens gathered once, straight into an ``(E, C, .)`` buffer (``C`` = the largest expert
+#   load, zero rows after each group); every matmul is ONE ``torch.bmm`` (the weight gradients one bmm of the
+#   transposed operands), biases are broadcast adds and per-expert sums one reduction. It wastes ``E*C/M - 1``
+#   of the FLOPs on zero rows (~11% for the balanced top-2 routing of the benchmark at N=2048, E=16), but on the
+#   2-core CPU a bmm runs within ~3% of one dense matmul of the same size, it is one parallel region per matmul,
+#   and it degrades gracefully when the cores are shared (with other jobs on the box a 16-group
+#   ``_grouped_mm`` slowed down 4-10x, the bmm about as much as the dense floor).
+#   Padding rows are zero on every gather (input and output gradient), so every gradient row of a padding row is
+#   exactly zero: nothing leaks into weight or bias gradients; in the forward their gate is zero.
+#
+# * ``_GroupedLayout``: the sorted rows stay compact; every matmul is one ``torch._grouped_mm`` (on CPU in torch
+#   2.13 it exists for float32/bfloat16/float16 and runs each group's GEMM inside one ATen call; on H100 it is
+#   the CUTLASS grouped GEMM for bfloat16). No padding at all, but on CPU each group is its own small GEMM
+#   (~9% slower than one dense GEMM at 256-row groups, and one thread barrier per group).
+#
+# ``impl="auto"`` takes the padded layout on CPU unless padding would more than double the rows
+# (``PADDED_MAX_WASTE``: very imbalanced routing, e.g. most tokens on one expert), and the grouped one on CUDA
+# where ``_grouped_mm`` works (and on CPU dtypes/shapes it refuses, the padded one). A
+# block-diagonal variant (pad every group to a multiple of a small block and bmm over blocks) was not used: a
+# bmm needs one weight matrix per block, i.e. copying ``n_blocks * d * h`` weights per matmul, more memory
+# traffic at these sizes than the padded rows it would save.
 # ---------------------------------------------------------------------------------------------------------------
+
+PADDED_MAX_WASTE = 1.0  # CPU auto: padded layout while E*C <= (1 + this) * M
 
 _GROUPED_OK: dict[tuple[str, torch.dtype], bool] = {}
 
@@ -228,7 +247,7 @@ def grouped_mm_available(device: torch.device | str, dtype: torch.dtype) -> bool
             a = torch.randn(48, 16, generator=g).to(device, dtype)
             w = torch.randn(3, 16, 32, generator=g).to(device, dtype)
             b = torch.randn(48, 32, generator=g).to(device, dtype)
-            offs = torch.tensor([16, 16, 48], device=device, dtype=torch.int32)
+            offs = torch.tensor([16, 16, 48], device=device, dtype=torch.int32)  # middle group empty
             out = torch._grouped_mm(a, w, offs=offs)
             out_t = torch._grouped_mm(b, w.transpose(-2, -1), offs=offs)
             out_k = torch._grouped_mm(a.t(), b, offs=offs)
@@ -240,67 +259,225 @@ def grouped_mm_available(device: torch.device | str, dtype: torch.dtype) -> bool
                 torch.allclose(o.float(), r.float(), rtol=tol, atol=tol * 16)
                 for o, r in ((out, ref), (out_t, ref_t), (out_k, ref_k))
             )
-        except Exception:  # noqa: BLE001 -- any failure means "use the fallback"
+        except Exception:  # noqa: BLE001 -- any failure means "use the padded layout"
             ok = False
     _GROUPED_OK[key] = ok
     return ok
 
 
-def _use_grouped(impl: str, t: Tensor) -> bool:
-    if impl == "padded":
+def _aligned(*ts: Tensor) -> bool:
+    """``torch._grouped_mm`` wants 16-byte aligned base pointers and strides (CPU and CUDA alike)."""
+    return all(
+        t.data_ptr() % 16 == 0 and all((st * t.element_size()) % 16 == 0 for st in t.stride() if st != 1)
+        for t in ts
+    )
+
+
+class _Combine:
+    """The un-permutation shared by both layouts: ``(R, f)`` rows -> ``(N, f)`` per-token sums.
+
+    For the padded routing form every token owns ``k`` consecutive flat assignments, so the combine gathers each
+    assignment's row into ``(N, k, f)`` and reduces over ``k`` -- the forward one with the gates as a batched
+    ``(1, k) @ (k, f)`` matmul per token (the gating and the sum in one op), the gradient one with a sum. No
+    scatter, a fixed summation order (deterministic on CUDA too, where ``index_add_`` uses atomics), and on CPU
+    several times faster than ``index_add_``. ``-1`` slots read a padding row (their gate is zero; gradient
+    padding rows are exactly zero) or, without one, an appended zero row. Arbitrary flat routing falls back to
+    ``index_add_`` over the row tokens.
+    """
+
+    routing: MoERouting
+    num_rows: int
+    row_token: Tensor  # (R,) token of every row (index_add_ fallback)
+
+    def _init_combine(self, row_of_sorted: Tensor, spare_row: int | None) -> None:
+        r = self.routing
+        self._inv: Tensor | None = None
+        self._append_zero = False
+        k = r.slots_per_token
+        if k is None:
+            return
+        n_assign = r.num_tokens * k
+        if r.num_assignments < n_assign and spare_row is None:
+            spare_row, self._append_zero = self.num_rows, True
+        fill = spare_row if spare_row is not None else 0
+        self._inv = torch.full((n_assign,), fill, dtype=torch.long, device=row_of_sorted.device)
+        self._inv.index_copy_(0, r.order, row_of_sorted)
+
+    def _per_slot(self, rows: Tensor) -> Tensor:
+        """``(R, f)`` -> ``(N, k, f)`` the row of every (token, slot)."""
+        if self._append_zero:
+            rows = torch.cat([rows, rows.new_zeros(1, rows.shape[1])])
+        k = self.routing.slots_per_token
+        return rows.index_select(0, self._inv).view(self.routing.num_tokens, k, rows.shape[1])
+
+    def combine_gated(self, rows: Tensor, gate_sorted: Tensor, dtype: torch.dtype) -> Tensor:
+        """Forward combine: ``out[t] = sum over t's slots of gate * row`` -> ``(N, f)`` in ``dtype``."""
+        n = self.routing.num_tokens
+        if self._inv is None:
+            src = rows.to(dtype) * self.to_rows(gate_sorted).to(dtype).unsqueeze(1)
+            return torch.zeros(n, rows.shape[1], device=rows.device, dtype=dtype).index_add_(0, self.row_token, src)
+        k = self.routing.slots_per_token
+        gate_nk = gate_sorted.new_zeros(n * k).index_copy_(0, self.routing.order, gate_sorted)  # 0 on -1 slots
+        per_slot = self._per_slot(rows).to(dtype)
+        return torch.bmm(gate_nk.to(dtype).view(n, 1, k), per_slot).view(n, -1)
+
+    def combine(self, rows: Tensor, dtype: torch.dtype) -> Tensor:
+        """Gradient combine: ``out[t] = sum over t's slots of row`` -> ``(N, f)`` in ``dtype``; padding rows of
+        ``rows`` must be zero (gradient rows are)."""
+        if self._inv is None:
+            out = torch.zeros(self.routing.num_tokens, rows.shape[1], device=rows.device, dtype=dtype)
+            return out.index_add_(0, self.row_token, rows.to(dtype))
+        per_slot = self._per_slot(rows)
+        if per_slot.shape[1] == 1:
+            return per_slot.view(per_slot.shape[0], -1).to(dtype)
+        return per_slot.sum(1, dtype=dtype)
+
+
+class _PaddedLayout(_Combine):
+    """Rows ``(R, f)`` with ``R = E * C``: expert ``e``'s assignments at rows ``e*C .. e*C + count_e - 1``, then
+    ``C - count_e`` padding rows."""
+
+    def __init__(self, routing: MoERouting) -> None:
+        self.routing = routing
+        self.e, self.c = routing.num_experts, routing.capacity
+        self.num_rows = self.e * self.c
+        self.slot = routing.padded_slot()  # (M,)
+        dev = self.slot.device
+        # Token of every row (padding rows: token 0, zeroed right after every gather).
+        self.row_token = torch.zeros(self.num_rows, dtype=torch.long, device=dev)
+        self.row_token.index_copy_(0, self.slot, routing.token)
+        # Padding rows, from the host-side counts (no device sync): expert e's rows e*C + count_e .. e*C + C - 1.
+        n_pad = [self.c - c for c in routing.counts]
+        total_pad = self.num_rows - routing.num_assignments
+        self.pad_rows: Tensor | None = None
+        if total_pad:
+            n_pad_t = torch.tensor(n_pad, device=dev)
+            pad_e = torch.repeat_interleave(torch.arange(self.e, device=dev), n_pad_t, output_size=total_pad)
+            first = (n_pad_t.cumsum(0) - n_pad_t).index_select(0, pad_e)
+            counts_t = torch.tensor(routing.counts, device=dev).index_select(0, pad_e)
+            self.pad_rows = pad_e * self.c + counts_t + torch.arange(total_pad, device=dev) - first
+        spare = next((e * self.c + c for e, c in enumerate(routing.counts) if c < self.c), None)
+        self._init_combine(self.slot, spare)
+
+    def gather(self, src: Tensor) -> Tensor:
+        """``(N, f)`` -> ``(R, f)`` rows ``src[token]``, zero on padding rows. Zero input rows give zero gradient
+        rows all the way through the backward, so padding never leaks into weight or bias gradients."""
+        rows = src.index_select(0, self.row_token)
+        if self.pad_rows is not None:
+            rows.index_fill_(0, self.pad_rows, 0)  # touches only the R - M padding rows
+        return rows
+
+    def to_rows(self, v: Tensor) -> Tensor:
+        """``(M,)`` per sorted assignment -> ``(R,)`` per row, zero on padding."""
+        return v.new_zeros(self.num_rows).index_copy_(0, self.slot, v)
+
+    def from_rows(self, v: Tensor) -> Tensor:
+        """``(R,)`` per row -> ``(M,)`` per sorted assignment."""
+        return v.index_select(0, self.slot)
+
+    def mm(self, a: Tensor, w: Tensor) -> Tensor:
+        """Per-expert ``rows @ w[e]``: ``(R, K)`` x ``(E, K, P)`` (any strides) -> ``(R, P)``, one bmm."""
+        return torch.bmm(a.view(self.e, self.c, -1), w).view(self.num_rows, -1)
+
+    def mm_wgrad(self, a: Tensor, b: Tensor) -> Tensor:
+        """Per-expert ``rows_a.T @ rows_b``: ``(R, K)``, ``(R, P)`` -> ``(E, K, P)``, one bmm."""
+        return torch.bmm(a.view(self.e, self.c, -1).transpose(1, 2), b.view(self.e, self.c, -1))
+
+    def add_bias_(self, rows: Tensor, bias: Tensor) -> Tensor:
+        rows.view(self.e, self.c, -1).add_(bias.unsqueeze(1))
+        return rows
+
+    def segment_sum(self, rows: Tensor) -> Tensor:
+        """``(R, f)`` -> ``(E, f)`` per-expert sums (padding rows are zero in every gradient summed here)."""
+        return rows.view(self.e, self.c, -1).sum(1, dtype=_acc_dtype(rows.dtype))
+
+
+class _GroupedLayout(_Combine):
+    """Rows ``(M, f)`` compact in expert order; matmuls with ``torch._grouped_mm`` (padded bmm per call if a
+    call is refused, e.g. for alignment)."""
+
+    def __init__(self, routing: MoERouting, strict: bool) -> None:
+        self.routing = routing
+        self.num_rows = routing.num_assignments
+        self.strict = strict
+        self._padded: _PaddedLayout | None = None
+        self.row_token = routing.token
+        self._init_combine(torch.arange(self.num_rows, device=routing.token.device), None)
+
+    def _fallback(self) -> _PaddedLayout:
+        if self._padded is None:
+            self._padded = _PaddedLayout(self.routing)
+        return self._padded
+
+    def gather(self, src: Tensor) -> Tensor:
+        return src.index_select(0, self.routing.token)
+
+    def to_rows(self, v: Tensor) -> Tensor:
+        return v
+
+    def from_rows(self, v: Tensor) -> Tensor:
+        return v
+
+    def _grouped_ok(self, *ts: Tensor) -> bool:
+        if _aligned(*ts):
+            return True
+        if self.strict:
+            raise RuntimeError("torch._grouped_mm needs 16-byte aligned strides (d, h multiples of 16 bytes)")
         return False
-    ok = grouped_mm_available(t.device, t.dtype)
-    if impl == "grouped" and not ok:
-        raise RuntimeError(f"torch._grouped_mm is not usable for {t.device.type}/{t.dtype}")
-    return ok
+
+    def mm(self, a: Tensor, w: Tensor) -> Tensor:
+        if self._grouped_ok(a, w):
+            try:
+                return torch._grouped_mm(a, w, offs=self.routing.offs)
+            except RuntimeError:
+                if self.strict:
+                    raise
+        pad = self._fallback()
+        rows = a.new_zeros(pad.num_rows, a.shape[1]).index_copy_(0, pad.slot, a)
+        return pad.mm(rows, w).index_select(0, pad.slot)
+
+    def mm_wgrad(self, a: Tensor, b: Tensor) -> Tensor:
+        if self._grouped_ok(a, b):
+            try:
+                return torch._grouped_mm(a.t(), b, offs=self.routing.offs)
+            except RuntimeError:
+                if self.strict:
+                    raise
+        pad = self._fallback()
+        ra = a.new_zeros(pad.num_rows, a.shape[1]).index_copy_(0, pad.slot, a)
+        rb = b.new_zeros(pad.num_rows, b.shape[1]).index_copy_(0, pad.slot, b)
+        return pad.mm_wgrad(ra, rb)
+
+    def add_bias_(self, rows: Tensor, bias: Tensor) -> Tensor:
+        return rows.add_(bias.index_select(0, self.routing.expert))
+
+    def segment_sum(self, rows: Tensor) -> Tensor:
+        acc = _acc_dtype(rows.dtype)
+        out = torch.zeros(self.routing.num_experts, rows.shape[1], device=rows.device, dtype=acc)
+        return out.index_add_(0, self.routing.expert, rows.to(acc))
 
 
-def _pad(rows: Tensor, routing: MoERouting) -> Tensor:
-    """``(M, f)`` sorted rows -> ``(E, C, f)`` with zero rows after each group."""
-    slot, cap = routing.padded_slots()
-    buf = rows.new_zeros(routing.num_experts * cap, rows.shape[1])
-    buf.index_copy_(0, slot, rows)
-    return rearrange(buf, "(e c) f -> e c f", e=routing.num_experts)
+_Layout = _PaddedLayout | _GroupedLayout
 
 
-def _unpad(padded: Tensor, routing: MoERouting) -> Tensor:
-    """``(E, C, f)`` -> ``(M, f)`` sorted rows."""
-    slot, _ = routing.padded_slots()
-    return rearrange(padded, "e c f -> (e c) f").index_select(0, slot)
-
-
-def _gmm(a: Tensor, w: Tensor, routing: MoERouting, impl: str) -> Tensor:
-    """Per-group ``a[rows of e] @ w[e]``: ``a`` ``(M, K)``, ``w`` ``(E, K, P)`` (may be a transposed view) -> ``(M, P)``."""
-    if _use_grouped(impl, a):
-        try:
-            return torch._grouped_mm(a, w, offs=routing.offs)
-        except RuntimeError:
-            if impl == "grouped":
-                raise
-    return _unpad(torch.bmm(_pad(a, routing), w), routing)
-
-
-def _gmm_wgrad(a: Tensor, b: Tensor, routing: MoERouting, impl: str) -> Tensor:
-    """Per-group ``a[rows of e].T @ b[rows of e]``: ``a`` ``(M, K)``, ``b`` ``(M, P)`` -> ``(E, K, P)`` (zeros for
-    experts with no rows). The weight gradients."""
-    if _use_grouped(impl, a):
-        try:
-            return torch._grouped_mm(a.t(), b, offs=routing.offs)
-        except RuntimeError:
-            if impl == "grouped":
-                raise
-    return einsum(_pad(a, routing), _pad(b, routing), "e c k, e c p -> e k p")
-
-
-def _segment_sum(rows: Tensor, routing: MoERouting) -> Tensor:
-    """``(M, f)`` -> ``(E, f)`` per-expert sums (bias gradients), accumulated in float32 for 16-bit rows."""
-    out = torch.zeros(routing.num_experts, rows.shape[1], device=rows.device, dtype=_acc_dtype(rows.dtype))
-    return out.index_add_(0, routing.expert, rows.to(out.dtype))
-
-
-def _per_row(bias: Tensor, routing: MoERouting) -> Tensor:
-    """``(E, f)`` bias -> ``(M, f)`` the bias of each sorted row's expert."""
-    return bias.index_select(0, routing.expert)
+def _make_layout(routing: MoERouting, x: Tensor, impl: str) -> _Layout:
+    """Pick the row layout (see the comment above ``PADDED_MAX_WASTE``)."""
+    if impl not in ("auto", "grouped", "padded"):
+        raise ValueError(f"impl must be 'auto', 'grouped' or 'padded', got {impl!r}")
+    if impl == "padded":
+        return _PaddedLayout(routing)
+    available = grouped_mm_available(x.device, x.dtype)
+    if impl == "grouped":
+        if not available:
+            raise RuntimeError(f"torch._grouped_mm is not usable for {x.device.type}/{x.dtype}")
+        return _GroupedLayout(routing, strict=True)
+    if not available:
+        return _PaddedLayout(routing)
+    if x.device.type == "cpu":
+        waste = routing.num_experts * routing.capacity / max(routing.num_assignments, 1) - 1.0
+        if waste <= PADDED_MAX_WASTE:
+            return _PaddedLayout(routing)
+    return _GroupedLayout(routing, strict=False)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -312,15 +489,18 @@ class _FusedMoEFunction(torch.autograd.Function):
     """Expert MLPs over expert-sorted rows + gated combine, with a memory-lean hand-written backward.
 
     Forward inputs: ``x`` (N, d), ``gate_sorted`` (M,) (the gates already permuted into the sort order; autograd
-    of that gather is a cheap M-element scatter), ``w1``, ``w2``, ``b1``, ``b2``, ``w3`` and the routing.
+    of that gather is a cheap M-element scatter), ``w1``, ``w2``, ``b1``, ``b2``, ``w3``, the row layout (which
+    holds the sort), the activation name and whether to save for backward.
 
-    Saved for backward: only the pre-activation(s) ``(M, h)`` (plus the inputs themselves, which are references,
-    not copies). Recomputed in backward instead of stored: the gathered input ``x[token]`` ``(M, d)`` (one
-    gather), the activation ``act(pre)`` ``(M, h)`` (one elementwise pass) and the expert output ``y`` ``(M, d)``,
-    whose only use -- the gate gradient ``<grad_out[token], y>`` -- is rewritten as
-    ``<grad_out[token] @ w2.T, act(pre)> + <grad_out[token], b2>``, reusing a product the backward computes anyway.
-    The naive loop keeps ``x[token]``, ``pre``, ``act(pre)`` and ``y`` alive through autograd, so this saves
-    roughly ``(h + 2d) / h`` of its activation memory.
+    Saved for backward: the pre-activation(s) ``(R, h)`` and the un-gated expert output ``y`` ``(R, d)`` (plus the
+    inputs themselves, which are references, not copies). Recomputed in backward instead of stored: the gathered
+    input ``x[token]`` ``(R, d)`` (one gather) and the activation ``act(pre)`` ``(R, h)`` (one elementwise pass).
+    Keeping ``y`` (``d/h`` the size of ``pre``) buys a cheap gate gradient ``<grad_out[token], y>`` on ``(R, d)``
+    and lets the gate scale ``grad_out[token]`` ``(R, d)`` rather than the ``(R, h)`` activation gradient: two
+    ``(R, h)`` passes fewer. The naive loop keeps ``x[token]``, ``pre``, ``act(pre)`` and ``y`` alive through
+    autograd (and its per-expert weight slices make full ``(E, d, h)`` gradient buffers per expert), so the
+    fused peak stays below the naive one. The backward works in place wherever a buffer is dead (the activation
+    gradient is written over ``grad_out[token] @ w2.T``), so it allocates two ``(R, h)`` buffers in all.
     """
 
     @staticmethod
@@ -333,99 +513,92 @@ class _FusedMoEFunction(torch.autograd.Function):
         b1: Tensor | None,
         b2: Tensor | None,
         w3: Tensor | None,
-        routing: MoERouting,
+        layout: _Layout,
         activation: str,
-        impl: str,
+        save: bool,
     ) -> Tensor:
         acc = _acc_dtype(x.dtype)
-        out = torch.zeros(routing.num_tokens, x.shape[1], device=x.device, dtype=acc)
-        ctx.routing, ctx.activation, ctx.impl = routing, activation, impl
-        ctx.has_b1, ctx.has_b2, ctx.has_w3 = b1 is not None, b2 is not None, w3 is not None
-        if routing.num_assignments == 0:
-            ctx.save_for_backward(x, gate_sorted, w1, w2, b1, b2, w3, None, None)
-            return out.to(x.dtype)
+        ctx.layout, ctx.activation = layout, activation
+        if layout.routing.num_assignments == 0:
+            ctx.save_for_backward(x, gate_sorted, w1, w2, b1, b2, w3, None, None, None)
+            return torch.zeros_like(x)
 
-        xs = x.index_select(0, routing.token)  # (M, d), freed at the end of forward
-        pre = _gmm(xs, w1, routing, impl)  # (M, h)
+        xs = layout.gather(x)  # (R, d), freed at the end of forward
+        pre = layout.mm(xs, w1)  # (R, h)
         if b1 is not None:
-            pre += _per_row(b1, routing)
-        pre3 = _gmm(xs, w3, routing, impl) if w3 is not None else None
+            layout.add_bias_(pre, b1)
+        pre3 = layout.mm(xs, w3) if w3 is not None else None
         del xs
-        a = _act(activation, pre)
+        if save:
+            a = _act(activation, pre)  # pre is saved: the activation needs its own buffer
+        else:
+            a = _act_(activation, pre)  # inference: in place, one (R, h) buffer in all
         if pre3 is not None:
             a.mul_(pre3)
-        y = _gmm(a, w2, routing, impl)  # (M, d)
+        y = layout.mm(a, w2)  # (R, d)
         del a
         if b2 is not None:
-            y += _per_row(b2, routing)
+            layout.add_bias_(y, b2)
         # The un-permutation and the gated sum over a token's experts in one index_add_ (float32 for 16-bit).
-        y = y.to(acc).mul_(gate_sorted.to(acc).unsqueeze(1))
-        out.index_add_(0, routing.token, y)
-        ctx.save_for_backward(x, gate_sorted, w1, w2, b1, b2, w3, pre, pre3)
+        out = layout.combine_gated(y, gate_sorted, acc)
+        if save:
+            ctx.save_for_backward(x, gate_sorted, w1, w2, b1, b2, w3, pre, pre3, y)
         return out.to(x.dtype)
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):  # type: ignore[override]
-        x, gate_sorted, w1, w2, b1, b2, w3, pre, pre3 = ctx.saved_tensors
-        routing: MoERouting = ctx.routing
-        act, impl = ctx.activation, ctx.impl
+        x, gate_sorted, w1, w2, b1, b2, w3, pre, pre3, y = ctx.saved_tensors
+        layout: _Layout = ctx.layout
+        act = ctx.activation
         need = ctx.needs_input_grad
         gx = gg = gw1 = gw2 = gb1 = gb2 = gw3 = None
-        if routing.num_assignments == 0:
-            zeros = lambda t: None if t is None else torch.zeros_like(t)  # noqa: E731
-            return (zeros(x) if need[0] else None, zeros(gate_sorted) if need[1] else None,
-                    zeros(w1) if need[2] else None, zeros(w2) if need[3] else None,
-                    zeros(b1) if need[4] else None, zeros(b2) if need[5] else None,
-                    zeros(w3) if need[6] else None, None, None, None)
+        if layout.routing.num_assignments == 0:
+            def zeros(i: int, t: Tensor | None) -> Tensor | None:
+                return torch.zeros_like(t) if need[i] and t is not None else None
+
+            return (*(zeros(i, t) for i, t in enumerate((x, gate_sorted, w1, w2, b1, b2, w3))), None, None, None)
 
         acc = _acc_dtype(x.dtype)
-        gate_c = gate_sorted.to(x.dtype).unsqueeze(1)  # (M, 1)
-        # Every fresh (M, h) buffer costs page faults on CPU (glibc hands large blocks back to the OS), which
-        # at these sizes costs as much as the elementwise math itself; so the backward allocates only two of
-        # them -- the recomputed activation and the activation gradient -- and works in place on those.
-        gy = grad_out.to(x.dtype).index_select(0, routing.token)  # (M, d); d loss / d y = gate * gy
-        ga = _gmm(gy, w2.transpose(-2, -1), routing, impl)  # (M, h) = gy @ w2.T, before the gate
-        # Recompute the activation from the saved pre-activation (no (M, h) activation was stored).
-        act_pre = _act(act, pre)
-        a = act_pre * pre3 if pre3 is not None else act_pre
+        gy = layout.gather(grad_out.to(x.dtype))  # (R, d); d loss / d y = gate * gy
         if need[1]:
-            # gate grad = <gy, y> with y = a @ w2 + b2, rewritten without y as <gy @ w2.T, a> + <gy, b2>.
-            gg = (gy * _per_row(b2, routing)).sum(-1, dtype=acc) if b2 is not None else None
-        gy.mul_(gate_c)  # now the gate-scaled output grad; gy unscaled is not needed again
+            # d loss / d gate = <gy, y> per row, as R tiny (1, d) @ (d, 1) matmuls: one op, no (R, d) temporary.
+            dots = torch.bmm(gy.to(acc).unsqueeze(1), y.to(acc).unsqueeze(2)).view(-1)
+            gg = layout.from_rows(dots).to(gate_sorted.dtype)
+        del y
+        gy.mul_(layout.to_rows(gate_sorted).to(x.dtype).unsqueeze(1))  # gate-scaled in place, on (R, d) not (R, h)
+        # Weight gradient of w2 first, so that the recomputed activation is freed before the (R, h) activation
+        # gradient exists: at most two (R, h) buffers (pre and one of those) are alive at any time.
+        act_pre = _act(act, pre)  # recomputed from the saved pre-activation, never stored
         if need[3]:
-            gw2 = _gmm_wgrad(a, gy, routing, impl)  # (E, h, d)
+            gw2 = layout.mm_wgrad(act_pre * pre3 if pre3 is not None else act_pre, gy)  # (E, h, d)
+        if pre3 is None:
+            del act_pre  # GLU keeps it for d loss / d pre3
         if need[5] and b2 is not None:
-            gb2 = _segment_sum(gy, routing).to(b2.dtype)
+            gb2 = layout.segment_sum(gy).to(b2.dtype)
+        ga = layout.mm(gy, w2.transpose(-2, -1))  # (R, h) d loss / d a
         del gy
-        if need[1]:
-            dot = a.mul_(ga).sum(-1, dtype=acc)  # a is dead after this: reuse its buffer for the product
-            gg = (dot if gg is None else gg + dot).to(gate_sorted.dtype)
-        del a
-        ga.mul_(gate_c)  # (M, h) d loss / d a
         if pre3 is not None:
             g3 = ga * act_pre  # d loss / d pre3
             ga.mul_(pre3)
+            del act_pre
         else:
             g3 = None
-        del act_pre
-        gpre = _act_backward_(act, ga, pre)  # (M, h) d loss / d pre, written over ga
+        gpre = _act_backward_(act, ga, pre)  # (R, h) d loss / d pre, written over ga
         del ga
         if need[4] and b1 is not None:
-            gb1 = _segment_sum(gpre, routing).to(b1.dtype)
+            gb1 = layout.segment_sum(gpre).to(b1.dtype)
         if need[2] or (need[6] and w3 is not None):
-            xs = x.index_select(0, routing.token)  # recomputed gather instead of a saved (M, d) copy
+            xs = layout.gather(x)  # recomputed gather instead of a saved (R, d) copy
             if need[2]:
-                gw1 = _gmm_wgrad(xs, gpre, routing, impl)
+                gw1 = layout.mm_wgrad(xs, gpre)
             if need[6] and g3 is not None:
-                gw3 = _gmm_wgrad(xs, g3, routing, impl)
+                gw3 = layout.mm_wgrad(xs, g3)
             del xs
         if need[0]:
-            gxs = _gmm(gpre, w1.transpose(-2, -1), routing, impl)  # (M, d)
+            gxs = layout.mm(gpre, w1.transpose(-2, -1))  # (R, d)
             if g3 is not None:
-                gxs += _gmm(g3, w3.transpose(-2, -1), routing, impl)
-            gx = torch.zeros(x.shape, device=x.device, dtype=acc)
-            gx.index_add_(0, routing.token, gxs.to(acc))
-            gx = gx.to(x.dtype)
+                gxs += layout.mm(g3, w3.transpose(-2, -1))
+            gx = layout.combine(gxs, acc).to(x.dtype)
         return gx, gg, gw1, gw2, gb1, gb2, gw3, None, None, None
 
 
@@ -448,6 +621,30 @@ def _check(
     return e, d, h
 
 
+def _fused(
+    x: Tensor,
+    w1: Tensor,
+    w2: Tensor,
+    token_idx: Tensor,
+    expert_idx: Tensor,
+    weight: Tensor,
+    b1: Tensor | None,
+    b2: Tensor | None,
+    w3: Tensor | None,
+    activation: str,
+    impl: str,
+    slots_per_token: int | None,
+) -> Tensor:
+    _check(x, w1, w2, b1, b2, w3, activation)
+    routing = sort_assignments(token_idx, expert_idx, w1.shape[0], x.shape[0], slots_per_token)
+    layout = _make_layout(routing, x, impl)
+    # Gates in sort order; autograd turns this gather into an M-element scatter in backward.
+    gate_sorted = weight.reshape(-1).index_select(0, routing.order)
+    inputs = (x, gate_sorted, w1, w2, b1, b2, w3)
+    save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)
+    return _FusedMoEFunction.apply(*inputs, layout, activation, save)
+
+
 def fused_moe_flat(
     x: Tensor,
     w1: Tensor,
@@ -463,17 +660,16 @@ def fused_moe_flat(
     impl: Impl = "auto",
 ) -> Tensor:
     """:func:`fused_moe` with flat routing: assignment ``i`` sends token ``token_idx[i]`` to expert
-    ``expert_idx[i]`` with weight ``weight[i]`` (all ``(A,)``; ``expert_idx == -1`` entries are ignored).
+    ``expert_idx[i]`` with weight ``weight[i]`` (all ``(A,)``; ``expert_idx == -1`` entries are ignored; a token
+    may appear any number of times). From the padded form: ``fused_moe_flat(x, w1, w2, *padded_to_flat(idx, gate))``
+    equals ``fused_moe(x, w1, w2, idx, gate)`` (which is a little faster: it combines by gather + sum over ``k``
+    instead of ``index_add_``).
 
     Returns ``(N, d)``.
     """
-    _check(x, w1, w2, b1, b2, w3, activation)
-    if weight.shape != expert_idx.shape or token_idx.shape != expert_idx.shape:
-        raise ValueError("token_idx, expert_idx and weight must have the same shape")
-    routing = sort_assignments(token_idx, expert_idx, w1.shape[0], x.shape[0])
-    # Gates in sort order; autograd turns this gather into an M-element scatter in backward.
-    gate_sorted = weight.reshape(-1).index_select(0, routing.order)
-    return _FusedMoEFunction.apply(x, gate_sorted, w1, w2, b1, b2, w3, routing, activation, impl)
+    if weight.shape != expert_idx.shape or token_idx.shape != expert_idx.shape or expert_idx.dim() != 1:
+        raise ValueError("token_idx, expert_idx and weight must all be (A,)")
+    return _fused(x, w1, w2, token_idx, expert_idx, weight, b1, b2, w3, activation, impl, None)
 
 
 def fused_moe(
@@ -497,7 +693,9 @@ def fused_moe(
         expert_idx: ``(N, k)`` long, ``-1`` for an empty slot.
         gate: ``(N, k)`` float gate of each slot.
         activation: ``"gelu"`` (exact erf), ``"relu"`` or ``"silu"``.
-        impl: ``"auto"`` (``torch._grouped_mm`` where it works, else padded bmm), ``"grouped"`` or ``"padded"``.
+        impl: row layout / matmul strategy: ``"auto"``, ``"padded"`` (one bmm per matmul over ``(E, C, .)``
+            padded groups) or ``"grouped"`` (``torch._grouped_mm`` over compact groups; raises where it cannot
+            run). See the comment on ``PADDED_MAX_WASTE``.
 
     Returns:
         ``(N, d)`` in ``x.dtype``; sums of several experts are accumulated in float32 for 16-bit inputs.
@@ -505,7 +703,7 @@ def fused_moe(
     if expert_idx.shape != gate.shape or expert_idx.dim() != 2 or expert_idx.shape[0] != x.shape[0]:
         raise ValueError(f"expert_idx and gate must both be (N, k); got {tuple(expert_idx.shape)}, {tuple(gate.shape)}")
     token_idx, flat_e, flat_g = padded_to_flat(expert_idx, gate)
-    return fused_moe_flat(x, w1, w2, token_idx, flat_e, flat_g, b1=b1, b2=b2, w3=w3, activation=activation, impl=impl)
+    return _fused(x, w1, w2, token_idx, flat_e, flat_g, b1, b2, w3, activation, impl, expert_idx.shape[1])
 
 
 # ---------------------------------------------------------------------------------------------------------------
