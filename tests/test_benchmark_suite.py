@@ -1,0 +1,50 @@
+"""The MoE benchmark suite runs end to end and its JSON alone yields the report (tiny grid, seconds)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+VARIANTS = {"naive", "dense", "capacity", "fused", "floor"}
+
+
+@pytest.mark.slow
+def test_benchmarks_json_has_every_key_and_report_prints_ratios(tmp_path: Path) -> None:
+    out = tmp_path / "moe.json"
+    env = dict(os.environ, MERCORE_BENCH_GRID="tiny")
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "benchmarks", "--benchmark-only", f"--benchmark-json={out}", "-q",
+         "-p", "no:cacheprovider", "-k", "cpu"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    benches = json.loads(out.read_text())["benchmarks"]
+    seen = set()
+    for b in benches:
+        info = b["extra_info"]
+        assert {"variant", "pass", "N", "d", "h", "E", "k", "peak_bytes"} <= info.keys(), info
+        assert info["peak_bytes"] > 0
+        seen.add((info["variant"], info["pass"], info["k"]))
+        assert b["group"] == f"{info['pass']} N={info['N']} h={info['h']} E={info['E']} k={info['k']}"
+    assert seen == {(v, p, k) for v in VARIANTS for p in ("fwd", "fwdbwd") for k in (1, 2)}
+
+    report = subprocess.run([sys.executable, "benchmarks/report.py", str(out)], cwd=ROOT, capture_output=True,
+                            text=True, timeout=60)
+    assert report.returncode == 0, report.stderr
+    rows = [line for line in report.stdout.splitlines() if line.startswith("| cpu/float32")]
+    assert len(rows) == 4  # (fwd, fwdbwd) x (k=1, k=2)
+    for row in rows:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert all(c != "-" for c in cells[6:13]), row  # every variant's median and both ratios
+        assert float(cells[12]) > 0  # fused/floor
+    assert "fwdbwd N=2048 h=1024 E=16 k=2 not in this file" in report.stdout
+
+
+def test_plain_pytest_does_not_collect_benchmarks() -> None:
+    assert 'testpaths = ["tests"]' in (ROOT / "pyproject.toml").read_text()
