@@ -38,6 +38,7 @@ ENCODERS = [
     {"type": "bigru"},
     {"type": "bigru", "layers": 2, "position": "none", "speaker_embedding": False},
     {"type": "linear"},
+    {"type": "transformer", "heads": 2, "input_norm": "layernorm"},
 ]
 
 
@@ -138,3 +139,21 @@ def test_speaker_index_outside_the_table_is_named():
     spk[0, 0] = 5
     with pytest.raises(ValueError, match="speaker index 5 is outside the speaker table of 2"):
         enc(x, spk, mask)
+
+
+@pytest.mark.parametrize("enc_type", ["transformer", "bigru"])
+def test_input_norm_makes_the_encoder_blind_to_feature_scale(enc_type):
+    """With ``input_norm: layernorm`` unit-norm sentence embeddings and the same vectors scaled up give the same
+    output (the projection no longer starts tiny next to the speaker and position embeddings); without it they
+    differ."""
+    x, spk, mask = inputs()
+    x = x / x.norm(dim=-1, keepdim=True).clamp_min(1e-6)  # unit-norm rows like MiniLM's
+    outs = {}
+    for norm in ("layernorm", "none"):
+        torch.manual_seed(0)
+        cfg = {"type": enc_type, "input_norm": norm} | ({"heads": 2} if enc_type == "transformer" else {})
+        enc = build("encoder", cfg, input_dim=D_IN, hidden=H, num_speakers=S, name="text").eval()
+        with torch.no_grad():
+            outs[norm] = (enc(x, spk, mask), enc(x * 20.0, spk, mask))
+    torch.testing.assert_close(outs["layernorm"][0], outs["layernorm"][1], rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(outs["none"][0], outs["none"][1], atol=1e-2)

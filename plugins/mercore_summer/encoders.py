@@ -32,6 +32,8 @@ class EmbeddingConfig:
     max_len: int = option(512, help="longest dialogue (utterances) for learned positions")
     speaker_embedding: bool = option(True, help="add a learned speaker embedding")
     dropout: float = option(0.1, help="dropout on the embedded utterances (and inside the context encoder)")
+    input_norm: Literal["none", "layernorm"] = option(
+        "none", help="normalize each utterance's features before the projection (for unit-norm sentence embeddings)")
 
 
 class UtteranceEmbedding(nn.Module):
@@ -42,6 +44,12 @@ class UtteranceEmbedding(nn.Module):
     utterance index (or a learned ``Embedding(max_len, H)``). The three are summed (SDT adds them without
     scaling), then dropout.
 
+    ``input_norm: layernorm`` (not in SDT, off by default) puts a ``LayerNorm(D_m)`` before the projection.
+    Why: sentence-transformer embeddings such as the shared data's MiniLM are unit-norm, about 0.05 per
+    dimension, so their projection starts some 30x smaller than the speaker and position embeddings it is
+    summed with, and a pre-norm context encoder then mostly sees where and who, not what. RoBERTa/openSMILE
+    features of the paper's pickles are O(1) per dimension and do not need it.
+
     Shapes: ``x (B, T, D_m)``, ``speakers (B, T)`` long, ``mask (B, T)`` bool -> ``(B, T, H)``, zero at padding.
     """
 
@@ -50,6 +58,7 @@ class UtteranceEmbedding(nn.Module):
         super().__init__()
         self.config = config
         self.name = name
+        self.input_norm = nn.LayerNorm(input_dim) if config.input_norm == "layernorm" else None
         self.proj = nn.Linear(input_dim, hidden, bias=False)
         self.speaker = nn.Embedding(max(1, num_speakers), hidden) if config.speaker_embedding else None
         if config.position == "learned":
@@ -62,7 +71,10 @@ class UtteranceEmbedding(nn.Module):
 
     def forward(self, x: torch.Tensor, speakers: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         mask = mask.bool()
-        h = self.proj(zero_padding(x, mask))  # (B, T, H)
+        x = zero_padding(x, mask)  # (B, T, D_m)
+        if self.input_norm is not None:
+            x = self.input_norm(x)
+        h = self.proj(x)  # (B, T, H)
         t = h.shape[1]
         if self.speaker is not None:
             speakers = speakers.masked_fill(~mask, 0)
