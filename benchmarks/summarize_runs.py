@@ -11,9 +11,8 @@ into ``RUN/teacher``) is left out unless ``--include-nested``; it is then its ow
 Printed: one table with, per group, the number of seeds, test accuracy and weighted F1 (mean ± sample std over
 seeds, ddof=1; the test score of the checkpoint selected on dev), macro F1, the selected dev weighted F1, the
 ``reference_best_test_epoch`` weighted F1 (the best test epoch, as SDT's scripts report: for comparison with the
-literature only, never a selection) and the seconds per run (``train_seconds`` of ``results.json``, and the wall
-time of the whole command when the run directory holds a ``wall_seconds`` file); then one per-class test F1
-table (means over seeds) per corpus.
+literature only, never a selection) and the seconds per run (``train_seconds`` of ``results.json``); then one
+per-class test F1 table (means over seeds) per corpus.
 """
 
 from __future__ import annotations
@@ -77,7 +76,7 @@ def summarize(root: Path, include_nested: bool = False, order: list[str] | None 
         groups.setdefault((dataset, group_key(root, run_dir)), []).append((run_dir, r))
 
     lines = ["| config | dataset | seeds | test accuracy | test weighted F1 | test macro F1 "
-             "| dev weighted F1 (selected) | reference_best_test_epoch weighted F1 | seconds per run (train / wall) |",
+             "| dev weighted F1 (selected) | reference_best_test_epoch weighted F1 | train seconds per run |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     per_class: dict[str, list[tuple[str, dict[str, float], int]]] = {}
     labels_of: dict[str, list[str]] = {}
@@ -94,13 +93,7 @@ def summarize(root: Path, include_nested: bool = False, order: list[str] | None 
         test = [r["test"] for r in rs]
         ref = [r["reference_best_test_epoch"]["weighted_f1"] for r in rs if r.get("reference_best_test_epoch")]
         train_s = [r["train_seconds"] for r in rs if "train_seconds" in r]
-        wall_s = []
-        for run_dir, _ in members:
-            w = run_dir / "wall_seconds"
-            if w.exists():
-                wall_s.append(float(w.read_text().strip()))
         secs = f"{statistics.fmean(train_s):.0f}" if train_s else "-"
-        secs += f" / {statistics.fmean(wall_s):.0f}" if wall_s else " / -"
         name = config_name(key, dataset)
         lines.append(
             f"| {name} | {dataset} | {len(rs)} ({', '.join(map(str, seeds))}) | {fmt([t['accuracy'] for t in test])} "

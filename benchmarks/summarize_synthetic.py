@@ -16,6 +16,8 @@ import json
 import statistics
 from pathlib import Path
 
+from summarize_runs import fmt  # mean ± sample std over seeds, x 100 (same folder)
+
 #: Display order (configs found but not listed come after, alphabetically).
 ORDER = ["summer", "no_sdmoe", "no_hcmf", "no_ikd", "text_only", "concat", "sdt", "summer_teacher"]
 
@@ -33,12 +35,6 @@ def load(root: Path) -> dict[str, list[dict]]:
     return runs
 
 
-def mean_std(xs: list[float], scale: float = 100.0) -> str:
-    m = statistics.fmean(xs) * scale
-    s = statistics.stdev(xs) * scale if len(xs) > 1 else 0.0
-    return f"{m:.1f} ± {s:.1f}"
-
-
 def table(runs: dict[str, list[dict]], configs: list[str]) -> str:
     labels = next(iter(runs.values()))[0]["label_names"]
     head = ["config", "seeds", "accuracy", "weighted F1", "macro F1", *labels, "s/run", "s/epoch"]
@@ -46,9 +42,9 @@ def table(runs: dict[str, list[dict]], configs: list[str]) -> str:
     for cfg in configs:
         rs = runs[cfg]
         row = [cfg, ",".join(r["_seed_dir"].removeprefix("seed") for r in rs),
-               mean_std([r["test"]["accuracy"] for r in rs]),
-               mean_std([r["test"]["weighted_f1"] for r in rs]),
-               mean_std([r["test"]["macro_f1"] for r in rs])]
+               fmt([r["test"]["accuracy"] for r in rs], digits=1),
+               fmt([r["test"]["weighted_f1"] for r in rs], digits=1),
+               fmt([r["test"]["macro_f1"] for r in rs], digits=1)]
         for c in labels:
             row.append(f"{100 * statistics.fmean(r['test']['per_class_f1'][c] for r in rs):.1f}")
         row.append(f"{statistics.fmean(r['train_seconds'] for r in rs):.0f}")

@@ -7,7 +7,7 @@ Plain ``pytest`` does not collect this directory (``testpaths = ["tests"]``); ``
 The (problem, pass, variant) parametrization and the measuring live in ``conftest.py``. Results are grouped per
 problem (``benchmark.group``: pass, N, h, E, k) so ``pytest-benchmark compare --group-by=group`` shows the
 variants side by side; ``extra_info`` carries ``variant``, ``pass``, ``N``, ``d``, ``h``, ``E``, ``k`` and
-``peak_bytes`` (see ``conftest.cpu_peak_bytes``), plus ``device`` and ``dtype``.
+``peak_bytes`` (see ``mercore.kernels.profiling.cpu_peak_bytes``), plus ``device`` and ``dtype``.
 """
 
 from __future__ import annotations
