@@ -7,6 +7,7 @@ tiny: the whole file runs in seconds on 2 CPU cores.
 from __future__ import annotations
 
 import functools
+import os
 
 import pytest
 import torch
@@ -118,7 +119,7 @@ def test_fused_matches_naive_options(impl: str, activation: str, bias: bool, glu
     assert_match(run(fused_moe, p, activation, impl=impl), run(naive_moe, p, activation))
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=int(os.environ.get("MERCORE_FUZZ_EXAMPLES", "25")), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     n=st.integers(1, 40),
     d=st.integers(1, 20),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 from contextlib import redirect_stderr, redirect_stdout
 
 from hypothesis import HealthCheck, given, settings
@@ -34,13 +35,21 @@ def run_validate(tmp_path, text: str, overrides: list[str]) -> int:
         return main(["validate", str(path), *overrides])
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=int(os.environ.get("MERCORE_FUZZ_EXAMPLES", "150")), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(noise=yaml_noise, at=st.integers(0, len(BASE)))
 def test_malformed_yaml_is_a_config_error(tmp_path, noise, at):
     assert run_validate(tmp_path, BASE[:at] + noise + BASE[at:], []) in (0, 2)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=int(os.environ.get("MERCORE_FUZZ_EXAMPLES", "150")), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(overrides=st.lists(override, max_size=4))
 def test_random_overrides_are_config_errors_or_success(tmp_path, overrides):
     assert run_validate(tmp_path, BASE, overrides) in (0, 2)
+
+
+def test_option_like_override_is_a_usage_error_not_an_exception(tmp_path, capsys):
+    """Found by the fuzz in CI: an override such as `-:` is parsed by argparse as an unknown option."""
+    path = tmp_path / "fuzz.yaml"
+    path.write_text(BASE)
+    assert main(["validate", str(path), "-:"]) == 2
+    assert "unrecognized arguments: -:" in capsys.readouterr().err
