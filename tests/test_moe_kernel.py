@@ -6,14 +6,17 @@ tiny: the whole file runs in seconds on 2 CPU cores.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+from unittest import mock
 
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from mercore.kernels import moe
 from mercore.kernels.moe import (
     ACTIVATIONS,
     capacity_moe,
@@ -26,7 +29,9 @@ from mercore.kernels.moe import (
     padded_to_flat,
 )
 
-IMPLS = ["auto", "padded"] + (["grouped"] if grouped_mm_available("cpu", torch.float32) else [])
+# "padded-blocks" is the padded layout with CPU cache blocking forced down to one expert per block, so that the
+# tiny test problems walk several blocks (real ones only do from R*h*4 > CPU_BLOCK_BYTES).
+IMPLS = ["auto", "padded", "padded-blocks"] + (["grouped"] if grouped_mm_available("cpu", torch.float32) else [])
 
 
 def make_problem(
@@ -72,12 +77,23 @@ def leaves(p: dict) -> list[str]:
     return [name for name in ("x", "w1", "w2", "gate", "b1", "b2", "w3") if p[name] is not None]
 
 
+@contextlib.contextmanager
+def blocking(kw: dict):
+    """Maps the test-only impl "padded-blocks" in ``kw`` to "padded" with one expert per cache block."""
+    block_bytes = moe.CPU_BLOCK_BYTES
+    if kw.get("impl") == "padded-blocks":
+        kw["impl"], block_bytes = "padded", 1
+    with mock.patch.object(moe, "CPU_BLOCK_BYTES", block_bytes):
+        yield
+
+
 def run(fn, p: dict, activation: str = "gelu", seed: int = 1, **kw) -> dict[str, torch.Tensor]:
     """Output and gradients of every leaf for a fixed random output gradient."""
-    out = fn(
-        p["x"], p["w1"], p["w2"], p["expert_idx"], p["gate"],
-        b1=p["b1"], b2=p["b2"], w3=p["w3"], activation=activation, **kw,
-    )
+    with blocking(kw):
+        out = fn(
+            p["x"], p["w1"], p["w2"], p["expert_idx"], p["gate"],
+            b1=p["b1"], b2=p["b2"], w3=p["w3"], activation=activation, **kw,
+        )
     grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed)).to(out)
     names = leaves(p)
     if out.requires_grad:
@@ -237,7 +253,9 @@ def test_flat_form_matches_padded(impl: str) -> None:
     token_idx, expert_idx, weight = padded_to_flat(p["expert_idx"], p["gate"])
     # Shuffle the flat list: the kernel must not depend on assignment order.
     perm = torch.randperm(token_idx.numel(), generator=torch.Generator().manual_seed(0))
-    flat = fused_moe_flat(p["x"], p["w1"], p["w2"], token_idx[perm], expert_idx[perm], weight[perm], impl=impl)
+    kw = {"impl": impl}
+    with blocking(kw):
+        flat = fused_moe_flat(p["x"], p["w1"], p["w2"], token_idx[perm], expert_idx[perm], weight[perm], **kw)
     ref = run(naive_moe, p)
     got = torch.autograd.grad(flat, [p["x"], p["w1"], p["gate"]], torch.ones_like(flat))
     ref_g = torch.autograd.grad(naive_moe(p["x"], p["w1"], p["w2"], p["expert_idx"], p["gate"]),
@@ -245,6 +263,30 @@ def test_flat_form_matches_padded(impl: str) -> None:
     torch.testing.assert_close(flat.detach(), ref["out"], rtol=1e-4, atol=1e-5)
     for a, b in zip(got, ref_g):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("per_block", [1, 2, 3])
+def test_cache_blocks_have_their_own_capacity(per_block: int) -> None:
+    """The padded layout walks experts in cache-sized blocks; each block pads only to its own largest load, and
+    fused results equal the naive loop's whatever the blocking (uneven loads, an empty expert, a short last block)."""
+    e, d, h = 7, 8, 12
+    p = make_problem(40, d, h, e, 2, bias=True, glu=True, seed=21)
+    idx = p["expert_idx"].clone()
+    idx[idx == 3] = 4  # expert 3 empty
+    idx[:12, 0] = 0  # expert 0 heavily loaded
+    p["expert_idx"] = idx
+    counts = [int((idx == i).sum()) for i in range(e)]
+    row_bytes = h * 4
+    budget = per_block * max(counts) * row_bytes
+    with mock.patch.object(moe, "CPU_BLOCK_BYTES", budget), mock.patch("torch.get_num_threads", return_value=1):
+        routing = moe.sort_assignments(*padded_to_flat(idx, p["gate"])[:2], e, 40, 2)
+        layout = moe._PaddedLayout(routing, row_bytes)
+        got = run(fused_moe, p, impl="padded")
+    spans = [(b.experts.start, b.experts.stop) for b in layout.blocks]
+    assert spans == [(e0, min(e0 + per_block, e)) for e0 in range(0, e, per_block)]
+    caps = [max(max(counts[e0:e1]), 1) for e0, e1 in spans]
+    assert layout.num_rows == sum((e1 - e0) * c for (e0, e1), c in zip(spans, caps))
+    assert_match(got, run(naive_moe, p))
 
 
 def test_input_validation() -> None:
@@ -281,7 +323,9 @@ def test_fused_peak_memory_below_naive() -> None:
 
     naive = peak(naive_moe)
     for impl in IMPLS:
-        assert peak(functools.partial(fused_moe, impl=impl)) < naive, impl
+        kw = {"impl": impl}
+        with blocking(kw):
+            assert peak(functools.partial(fused_moe, **kw)) < naive, impl
 
 
 def test_fused_backward_twice_with_retained_graph() -> None:
