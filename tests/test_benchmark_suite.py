@@ -48,3 +48,20 @@ def test_benchmarks_json_has_every_key_and_report_prints_ratios(tmp_path: Path) 
 
 def test_plain_pytest_does_not_collect_benchmarks() -> None:
     assert 'testpaths = ["tests"]' in (ROOT / "pyproject.toml").read_text()
+
+
+def test_interleaved_retiming_prints_one_row_per_cell() -> None:
+    """`benchmarks/interleaved.py` times the same problems as the suite, variants interleaved per round."""
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/interleaved.py", "fwd:37,64,4,2", "fwdbwd:37,64,4,1", "--rounds", "2"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [line.split("|")[1:-1] for line in proc.stdout.splitlines() if line.startswith("| fwd")]
+    assert [(r[0].strip(), r[4].strip()) for r in rows] == [("fwd", "2"), ("fwdbwd", "1")]
+    for r in rows:
+        assert all(float(v) >= 0 for v in r[5:8]) and all(float(v) > 0 for v in r[8:10])  # ms, then ratios
+    assert "fused slower than naive in" in proc.stdout
+    bad = subprocess.run([sys.executable, "benchmarks/interleaved.py", "bwd:37,64,4,1"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "PASS must be fwd or fwdbwd" in bad.stderr
