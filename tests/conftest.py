@@ -7,6 +7,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# Property tests (hypothesis) draw the same examples on every run, CI included, so a test result never depends
+# on the draw. MERCORE_FUZZ_RANDOM=1 draws fresh examples (and MERCORE_FUZZ_EXAMPLES=N more of them per test)
+# to hunt for new failures; a failure prints the example and a @reproduce_failure line to pin it.
+settings.register_profile("mercore", derandomize=os.environ.get("MERCORE_FUZZ_RANDOM") != "1")
+settings.load_profile("mercore")
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
