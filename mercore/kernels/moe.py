@@ -688,11 +688,11 @@ class _FusedMoEFunction(torch.autograd.Function):
         ctx.act_out = None  # freed when this frame ends (a retained graph's second backward recomputes it)
         blocks: list[_Block] = layout.blocks
         many = len(blocks) > 1
-        gw2 = _empty_if(many and need[3], w2, *w2.shape)
-        gw1 = _empty_if(many and need[2], w1, *w1.shape)
-        gw3 = _empty_if(many and need[6] and w3 is not None, w1, *w1.shape)
-        gb1 = _empty_if(many and need[4] and b1 is not None, b1, *(b1.shape if b1 is not None else ()))
-        gb2 = _empty_if(many and need[5] and b2 is not None, b2, *(b2.shape if b2 is not None else ()))
+        gw2 = _empty_like_if(many and need[3], w2)
+        gw1 = _empty_like_if(many and need[2], w1)
+        gw3 = _empty_like_if(many and need[6], w3)
+        gb1 = _empty_like_if(many and need[4], b1)
+        gb2 = _empty_like_if(many and need[5], b2)
         gxs = _empty_if(many and need[0], x, layout.num_rows, x.shape[1])
         # Per block, every temporary is block-sized and cache-resident between its uses. "buf = part if buf is
         # None else buf": with one block its results are the outputs; with several each writes its slice (out=).
@@ -753,9 +753,14 @@ def _assign(buf: Tensor, sl: slice, part: Tensor) -> Tensor:
     return buf
 
 
-def _empty_if(cond: bool, like: Tensor | None, *shape: int) -> Tensor | None:
-    """A whole-layout output buffer that blocks write into, or None (one block: its result is the buffer)."""
-    return like.new_empty(shape) if cond and like is not None else None
+def _empty_if(cond: bool, like: Tensor, *shape: int) -> Tensor | None:
+    """A whole-layout buffer that the blocks write into, or None (one block: its result is the buffer)."""
+    return like.new_empty(shape) if cond else None
+
+
+def _empty_like_if(cond: bool, t: Tensor | None) -> Tensor | None:
+    """A gradient buffer shaped like ``t`` that the blocks write their experts' slices into, or None."""
+    return torch.empty_like(t) if cond and t is not None else None
 
 
 def _rows(buf: Tensor | None, sl: slice) -> Tensor | None:
