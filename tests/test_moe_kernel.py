@@ -280,7 +280,7 @@ def test_cache_blocks_have_their_own_capacity(per_block: int) -> None:
     budget = per_block * max(counts) * row_bytes
     with mock.patch.object(moe, "CPU_BLOCK_BYTES", budget), mock.patch("torch.get_num_threads", return_value=1):
         routing = moe.sort_assignments(*padded_to_flat(idx, p["gate"])[:2], e, 40, 2)
-        layout = moe._PaddedLayout(routing, row_bytes)
+        layout = moe._PaddedLayout(routing, moe._block_spans(routing, row_bytes))
         got = run(fused_moe, p, impl="padded")
     spans = [(b.experts.start, b.experts.stop) for b in layout.blocks]
     assert spans == [(e0, min(e0 + per_block, e)) for e0 in range(0, e, per_block)]

@@ -352,20 +352,21 @@ class _PaddedLayout(_Combine):
     rows ``start_b + (e - e0) * C_b + rank``, followed by ``C_b - count_e`` padding rows. One block (the usual
     case at MERC sizes) is the plain ``(E, C)`` padded layout; one-expert blocks have no padding at all."""
 
-    def __init__(self, routing: MoERouting, row_bytes: int = 0) -> None:
+    def __init__(self, routing: MoERouting, spans: _Spans) -> None:
+        """``spans``: the blocks, from :func:`_block_spans` (one span of all experts: no cache blocking)."""
         self.routing = routing
         counts, num_e = routing.counts, routing.num_experts
         dev = routing.token.device
-        # Host-side bookkeeping from the counts (no device sync): blocks, each expert's first row and padding.
-        spans = _block_spans(counts, _experts_per_block(num_e, routing.capacity, row_bytes, dev))
+        # Host-side bookkeeping from the counts (no device sync): each expert's first row and padding.
         base, n_pad = [0] * num_e, [0] * num_e
-        for e0, e1, cap, start in spans:
+        for e0, e1, cap, start in spans.blocks:
             for e in range(e0, e1):
                 base[e], n_pad[e] = start + (e - e0) * cap, cap - counts[e]
-        self.num_rows = spans[-1][3] + (spans[-1][1] - spans[-1][0]) * spans[-1][2]
+        self.num_rows = spans.num_rows
         # Row of every sorted assignment: base[expert] + its rank among that expert's assignments.
         base_t = torch.tensor(base, device=dev)
-        first_t = routing.offs.to(torch.long) - torch.tensor(counts, device=dev)  # (E,) first sorted position
+        counts_t = torch.tensor(counts, device=dev)
+        first_t = routing.offs.to(torch.long) - counts_t  # (E,) first sorted position of each expert
         self.slot = (base_t - first_t).index_select(0, routing.expert) + torch.arange(
             routing.num_assignments, device=dev)  # (M,)
         # Token of every row (padding rows: token 0, zeroed right after every gather).
@@ -378,14 +379,14 @@ class _PaddedLayout(_Combine):
             n_pad_t = torch.tensor(n_pad, device=dev)
             pad_e = torch.repeat_interleave(torch.arange(num_e, device=dev), n_pad_t, output_size=total_pad)
             first = (n_pad_t.cumsum(0) - n_pad_t).index_select(0, pad_e)
-            end_t = base_t + torch.tensor(counts, device=dev)
+            end_t = base_t + counts_t
             self.pad_rows = end_t.index_select(0, pad_e) + torch.arange(total_pad, device=dev) - first
         pad_start = list(itertools.accumulate(n_pad, initial=0))  # where expert e's padding rows start
         self.blocks: list[_Block] = []
-        for e0, e1, cap, start in spans:
+        for e0, e1, cap, start in spans.blocks:
             lo, hi = pad_start[e0], pad_start[e1]
             pad = None
-            if hi > lo and self.pad_rows is not None:
+            if hi > lo:  # then pad_rows exists
                 pad = self.pad_rows[lo:hi] - start if start else self.pad_rows[lo:hi]  # block-relative
             self.blocks.append(_Block(slice(start, start + (e1 - e0) * cap), slice(e0, e1),
                                       _PaddedGroups(e1 - e0, cap), pad))
@@ -411,16 +412,26 @@ class _PaddedLayout(_Combine):
         return v.index_select(0, self.slot)
 
 
-def _block_spans(counts: list[int], per_block: int) -> list[tuple[int, int, int, int]]:
-    """``(e0, e1, capacity, first row)`` of each block of ``per_block`` consecutive experts of the padded layout;
-    a block's capacity is the largest load among its experts (at least 1)."""
-    spans, start = [], 0
+@dataclass
+class _Spans:
+    """The blocks of the padded layout: ``(e0, e1, capacity, first row)`` each, and the total row count ``R``."""
+
+    blocks: list[tuple[int, int, int, int]]
+    num_rows: int
+
+
+def _block_spans(routing: MoERouting, row_bytes: int = 0) -> _Spans:
+    """Cut the experts into blocks of :func:`_experts_per_block` consecutive experts (``row_bytes = 0``: one
+    block); a block's capacity is the largest load among its experts (at least 1)."""
+    counts = routing.counts
+    per_block = _experts_per_block(len(counts), routing.capacity, row_bytes, routing.token.device)
+    blocks, start = [], 0
     for e0 in range(0, len(counts), per_block):
         e1 = min(e0 + per_block, len(counts))
         cap = max(max(counts[e0:e1]), 1)
-        spans.append((e0, e1, cap, start))
+        blocks.append((e0, e1, cap, start))
         start += (e1 - e0) * cap
-    return spans
+    return _Spans(blocks, start)
 
 
 def _experts_per_block(num_experts: int, capacity: int, row_bytes: int, device: torch.device) -> int:
@@ -489,7 +500,7 @@ class _GroupedLayout(_Combine):
 
     def _fallback(self) -> _PaddedLayout:
         if self._padded is None:
-            self._padded = _PaddedLayout(self.routing)
+            self._padded = _PaddedLayout(self.routing, _block_spans(self.routing))
         return self._padded
 
     def gather(self, src: Tensor, blk: _Block | None = None) -> Tensor:
@@ -558,20 +569,18 @@ def _make_layout(routing: MoERouting, x: Tensor, impl: str, row_bytes: int) -> _
     if impl not in ("auto", "grouped", "padded"):
         raise ValueError(f"impl must be 'auto', 'grouped' or 'padded', got {impl!r}")
     if impl == "padded":
-        return _PaddedLayout(routing, row_bytes)
+        return _PaddedLayout(routing, _block_spans(routing, row_bytes))
     available = grouped_mm_available(x.device, x.dtype)
     if impl == "grouped":
         if not available:
             raise RuntimeError(f"torch._grouped_mm is not usable for {x.device.type}/{x.dtype}")
         return _GroupedLayout(routing, strict=True)
     if not available:
-        return _PaddedLayout(routing, row_bytes)
+        return _PaddedLayout(routing, _block_spans(routing, row_bytes))
     if x.device.type == "cpu":
-        spans = _block_spans(routing.counts, _experts_per_block(routing.num_experts, routing.capacity, row_bytes,
-                                                                 x.device))
-        padded_rows = sum((e1 - e0) * cap for e0, e1, cap, _ in spans)
-        if padded_rows <= (1 + PADDED_MAX_WASTE) * routing.num_assignments:
-            return _PaddedLayout(routing, row_bytes)
+        spans = _block_spans(routing, row_bytes)
+        if spans.num_rows <= (1 + PADDED_MAX_WASTE) * routing.num_assignments:
+            return _PaddedLayout(routing, spans)
     return _GroupedLayout(routing, strict=False)
 
 
