@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from mercore.config import validate_node
+from mercore.nn import AttentionEncoder, Encoder
 from mercore.plugins import get_registry
 
 B, T, D_IN, H, S = 3, 6, 10, 16, 2
@@ -67,21 +68,21 @@ def test_transformer_exposes_last_attention():
     enc = build("encoder", {"type": "transformer", "heads": 4, "layers": 2, "dropout": 0.0},
                 input_dim=D_IN, hidden=H, num_speakers=S, name="text")
     x, spk, mask = inputs()
-    h, attn = enc(x, spk, mask, return_attention=True)
+    h, attn = enc.forward_with_attention(x, spk, mask)
     assert h.shape == (B, T, H) and attn.shape == (B, 4, T, T)
     torch.testing.assert_close(attn.sum(-1), torch.ones(B, 4, T))
     closed = ~mask[:, None, None, :].expand_as(attn)
     assert torch.all(attn[closed] == 0)  # no weight on padded keys
     torch.testing.assert_close(h, enc(x, spk, mask))
-    assert enc.returns_attention
+    assert isinstance(enc, AttentionEncoder)
 
 
-def test_baseline_encoders_return_no_attention():
+def test_baseline_encoders_declare_no_attention():
     for name in ("bigru", "linear"):
         enc = build("encoder", {"type": name}, input_dim=D_IN, hidden=H, num_speakers=S, name="audio")
         x, spk, mask = inputs()
-        h, attn = enc(x, spk, mask, return_attention=True)
-        assert attn is None and h.shape == (B, T, H) and not enc.returns_attention
+        assert enc(x, spk, mask).shape == (B, T, H)
+        assert isinstance(enc, Encoder) and not isinstance(enc, AttentionEncoder)
 
 
 def test_bigru_sees_context_in_both_directions_and_handles_holes():

@@ -10,7 +10,8 @@ import torch
 from mercore.config import validate_node
 from mercore.errors import ConfigError
 from mercore.plugins import get_registry
-from mercore_summer.fusion import AttentionGuide, FusionOutput
+from mercore.nn import FusionOutput, GuidableFusion
+from mercore_summer.fusion import AttentionGuide
 
 B, T, H, C = 2, 5, 16, 4
 LENGTHS = (5, 3)
@@ -58,6 +59,7 @@ def test_shapes_for_every_modality_subset(cfg, mods):
     views, mask = views_and_mask(mods)
     out = fusion(views, mask)
     assert isinstance(out, FusionOutput)
+    assert isinstance(fusion, GuidableFusion) == (cfg["type"] == "hcmf")  # only HCMF declares guidance
     assert out.fused.shape == (B, T, H) and torch.isfinite(out.fused).all()
     assert torch.all(out.fused[~mask] == 0)
     for f in out.features.values():
@@ -102,7 +104,7 @@ def test_guidance_changes_output_and_gradients_flow():
     fusion = build({"type": "hcmf", "heads": 2, "dropout": 0.0}, ALL)
     views, mask = views_and_mask(ALL)
     plain = fusion(views, mask).fused
-    guided_out = fusion(views, mask, guidance=sharp_teacher())
+    guided_out = fusion.forward_guided(views, mask, sharp_teacher())
     guided = guided_out.fused
     assert not torch.allclose(plain[mask], guided[mask])
     assert 0 < guided_out.stats["fusion.guided_fraction"] <= 1
@@ -121,9 +123,9 @@ def test_guidance_off_when_none_scale_zero_or_in_agreement():
     views, mask = views_and_mask(ALL)
     with torch.no_grad():
         plain = fusion(views, mask)
-        torch.testing.assert_close(off(views, mask, guidance=sharp_teacher()).fused, plain.fused)
+        torch.testing.assert_close(off.forward_guided(views, mask, sharp_teacher()).fused, plain.fused)
         # A teacher that agrees with the student (its own attention) changes nothing.
-        same = fusion(views, mask, guidance=plain.attentions["anchor"])
+        same = fusion.forward_guided(views, mask, plain.attentions["anchor"])
     torch.testing.assert_close(same.fused, plain.fused)
     assert "fusion.guided_fraction" not in plain.stats
 
@@ -132,12 +134,12 @@ def test_guidance_with_other_head_count_and_cross_off():
     torch.manual_seed(0)
     fusion = build({"type": "hcmf", "heads": 4, "dropout": 0.0, "guide_cross": False}, ["text", "audio"])
     views, mask = views_and_mask(["text", "audio"])
-    out = fusion(views, mask, guidance=sharp_teacher(heads=3))  # averaged over the teacher's 3 heads
+    out = fusion.forward_guided(views, mask, sharp_teacher(heads=3))  # averaged over the teacher's 3 heads
     assert out.fused.shape == (B, T, H)
     out.fused.sum().backward()
     assert fusion.guides["audio"].beta.grad is None  # cross branch unguided
     with pytest.raises(ValueError, match="attention over the anchor"):
-        fusion(views, mask, guidance=torch.ones(B, 2, T + 1, T + 1))
+        fusion.forward_guided(views, mask, torch.ones(B, 2, T + 1, T + 1))
 
 
 def test_guide_formula_moves_disagreeing_entries_to_the_teacher():

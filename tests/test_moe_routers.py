@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from mercore_summer.moe import NoisyTopKRouter, Routing, SigmaGumbelRouter, TopKRouter, TopPRouter
+from mercore.nn import Routing
+from mercore_summer.moe import NoisyTopKRouter, SigmaGumbelRouter, TopKRouter, TopPRouter
 
 D, E = 8, 4
 

@@ -7,12 +7,11 @@ import torch
 import torch.nn.functional as F
 
 from mercore.config import validate_node
+from mercore.nn import MoEOutput, Routing
 from mercore.registry import Registry
 from mercore_summer.moe import (
     BiGRUExperts,
     FFNExperts,
-    MoEOutput,
-    Routing,
     TopKRouter,
     balance_loss,
     register_moe,

@@ -1,9 +1,9 @@
 """Baseline encoders (kind ``encoder``): a bidirectional GRU over the dialogue, and no context at all.
 
-Built and called like every encoder (see :mod:`mercore_summer.encoders`):
+Built and called like every encoder (the contract :class:`mercore.nn.Encoder`):
 ``Encoder(config, input_dim=D_m, hidden=H, num_speakers=S, name="text")``,
 ``encoder(x (B, T, D_m), speakers (B, T), mask (B, T)) -> (B, T, H)``, zero at padded positions.
-Neither has attention weights to expose (``returns_attention = False``).
+Neither has attention weights to expose (neither is a :class:`mercore.nn.AttentionEncoder`).
 """
 
 from __future__ import annotations
@@ -14,8 +14,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from mercore.config import option
-from mercore_summer.encoders import EmbeddingConfig, UtteranceEmbedding
-from mercore_summer.layers import zero_padding
+from mercore.nn import EmbeddingConfig, UtteranceEmbedding, zero_padding
 
 
 class BiGRUEncoder(nn.Module):
@@ -27,8 +26,6 @@ class BiGRUEncoder(nn.Module):
     real utterances of each dialogue are moved to the front of their row (a no-op for the usual prefix mask)
     and packed with ``pack_padded_sequence``, so padding never enters the recurrence, in either direction.
     """
-
-    returns_attention = False
 
     @attrs.define
     class Config(EmbeddingConfig):
@@ -47,8 +44,7 @@ class BiGRUEncoder(nn.Module):
         self.gru = nn.GRU(hidden, hidden // 2, num_layers=config.layers, batch_first=True, bidirectional=True,
                           dropout=config.dropout if config.layers > 1 else 0.0)
 
-    def forward(self, x: torch.Tensor, speakers: torch.Tensor, mask: torch.Tensor, *,
-                return_attention: bool = False):
+    def forward(self, x: torch.Tensor, speakers: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         mask = mask.bool()
         h = self.embed(x, speakers, mask)  # (B, T, H)
         t = h.shape[1]
@@ -60,8 +56,7 @@ class BiGRUEncoder(nn.Module):
         out, _ = self.gru(packed)
         out, _ = pad_packed_sequence(out, batch_first=True, total_length=t)  # (B, T, H), compacted order
         out = torch.zeros_like(out).scatter(1, index, out)  # back to the original positions
-        out = zero_padding(out, mask)
-        return (out, None) if return_attention else out
+        return zero_padding(out, mask)
 
 
 class LinearEncoder(nn.Module):
@@ -70,8 +65,6 @@ class LinearEncoder(nn.Module):
     Shapes: ``x (B, T, D_m)``, ``speakers (B, T)``, ``mask (B, T)`` -> ``(B, T, H)``. This is SDT's input layer,
     whose context modelling happens in its fusion (``sdt_gated``).
     """
-
-    returns_attention = False
 
     @attrs.define
     class Config(EmbeddingConfig):
@@ -84,10 +77,8 @@ class LinearEncoder(nn.Module):
         self.embed = UtteranceEmbedding(config, input_dim=input_dim, hidden=hidden, num_speakers=num_speakers,
                                         name=name)
 
-    def forward(self, x: torch.Tensor, speakers: torch.Tensor, mask: torch.Tensor, *,
-                return_attention: bool = False):
-        out = self.embed(x, speakers, mask)
-        return (out, None) if return_attention else out
+    def forward(self, x: torch.Tensor, speakers: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.embed(x, speakers, mask)
 
 
 __all__ = ["BiGRUEncoder", "LinearEncoder"]

@@ -1,8 +1,9 @@
 """Baseline fusions (kind ``fusion``): concatenation, and SDT's transformer + gated fusion.
 
-Built and called like every fusion (see :mod:`mercore_summer.fusion`):
+Built and called like every fusion (the contract :class:`mercore.nn.Fusion`):
 ``Fusion(config, modalities=[...], hidden=H, num_classes=C)``,
-``fusion(views {m: (B, T, H)}, mask (B, T), guidance=None) -> FusionOutput``. Neither uses guidance.
+``fusion(views {m: (B, T, H)}, mask (B, T)) -> FusionOutput``. Neither takes a teacher's guidance (neither is
+a :class:`mercore.nn.GuidableFusion`).
 """
 
 from __future__ import annotations
@@ -15,8 +16,7 @@ from torch import nn
 
 from mercore.config import option
 from mercore.errors import ConfigError
-from mercore_summer.fusion import FusionOutput, check_fusion_modalities
-from mercore_summer.layers import ModalityGate, TransformerLayer, UnimodalGate, zero_padding
+from mercore.nn import FusionOutput, ModalityGate, TransformerLayer, UnimodalGate, check_fusion_modalities, zero_padding
 
 
 def _need_two(kind: str, modalities: list[str]) -> None:
@@ -31,8 +31,6 @@ class ConcatFusion(nn.Module):
     Shapes: ``views {m: (B, T, H)}`` -> ``fused (B, T, H)``, in the order the fusion was built with.
     """
 
-    supports_guidance = False
-
     @attrs.define
     class Config:
         dropout: float = option(0.0, help="dropout on the concatenated views")
@@ -45,8 +43,7 @@ class ConcatFusion(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
         self.proj = nn.Linear(len(self.modalities) * hidden, hidden)
 
-    def forward(self, views: dict[str, torch.Tensor], mask: torch.Tensor,
-                guidance: torch.Tensor | None = None) -> FusionOutput:
+    def forward(self, views: dict[str, torch.Tensor], mask: torch.Tensor) -> FusionOutput:
         check_fusion_modalities("concat", self.modalities, views)
         x = torch.cat([views[m] for m in self.modalities], dim=-1)  # (B, T, M*H)
         return FusionOutput(fused=zero_padding(self.proj(self.dropout(x)), mask))
@@ -66,8 +63,6 @@ class SDTGatedFusion(nn.Module):
     ``sum_m softmax_m(W f_m) * f_m`` per feature. SDT adds positions and speakers inside its Transformers; here
     the encoder (``linear`` for SDT) does.
     """
-
-    supports_guidance = False
 
     @attrs.define
     class Config:
@@ -104,8 +99,7 @@ class SDTGatedFusion(nn.Module):
         self.reduce = nn.ModuleDict({m: nn.Linear(len(self.modalities) * hidden, hidden) for m in self.modalities})
         self.modality_gate = ModalityGate(hidden)
 
-    def forward(self, views: dict[str, torch.Tensor], mask: torch.Tensor,
-                guidance: torch.Tensor | None = None) -> FusionOutput:
+    def forward(self, views: dict[str, torch.Tensor], mask: torch.Tensor) -> FusionOutput:
         check_fusion_modalities("sdt_gated", self.modalities, views)
         mask = mask.bool()
         attentions: dict[str, torch.Tensor] = {}

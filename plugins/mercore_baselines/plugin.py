@@ -1,6 +1,6 @@
 """The baselines' components: the ``bigru`` and ``linear`` encoders, the ``concat`` and ``sdt_gated`` fusions.
 
-The baselines are assembled by the ``multimodal`` model of :mod:`mercore_summer` (text-only: one modality and
+The baselines are assembled by the engine's ``multimodal`` model (:mod:`mercore.nn.multimodal`; text-only: one modality and
 no fusion; concatenation; SDT: ``linear`` encoders + ``sdt_gated`` + unimodal heads with self-distillation).
 """
 

@@ -1,6 +1,11 @@
-"""mercore's built-in losses, optimizers and schedulers, registered like any third-party plugin."""
+"""mercore's built-in ``multimodal`` model, losses, optimizers and schedulers, registered like any third-party plugin.
+
+The ``multimodal`` model assembles encoders, MoE, fusion and head of any plugin; it lives in the engine
+(:mod:`mercore.nn.multimodal`) because no component plugin owns it.
+"""
 
 from mercore.hookspecs import hookimpl
+from mercore.nn.multimodal import MultimodalModel
 
 from mercore_core.losses import CrossEntropyLoss
 from mercore_core.optim import AdamConfig, AdamWConfig, WarmupCosineConfig, adam, adamw, constant, warmup_cosine
@@ -8,6 +13,7 @@ from mercore_core.optim import AdamConfig, AdamWConfig, WarmupCosineConfig, adam
 
 @hookimpl
 def register_components(register):
+    register("model", "multimodal", MultimodalModel)
     register("loss", "cross_entropy", CrossEntropyLoss)
     register("optimizer", "adamw", adamw, config=AdamWConfig)
     register("optimizer", "adam", adam, config=AdamConfig)

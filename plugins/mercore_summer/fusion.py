@@ -1,9 +1,8 @@
-"""Fusion (kind ``fusion``) and SUMMER's Hierarchical Cross-Modal Fusion with teacher-guided attention.
+"""SUMMER's Hierarchical Cross-Modal Fusion (kind ``fusion``, name ``hcmf``) with teacher-guided attention.
 
-Every fusion is built as ``Fusion(config, modalities=[...], hidden=H, num_classes=C)`` and called as
-``fusion(views: {modality: (B, T, H)}, mask (B, T), guidance=None) -> FusionOutput``. ``guidance`` is a
-teacher's attention over the anchor modality ``(B, heads, T, T)``; fusions that use it set
-``supports_guidance = True`` (the model passes it only to those).
+The fusion contract is :class:`mercore.nn.Fusion`; HCMF also has the optional capability
+:class:`mercore.nn.GuidableFusion`: ``forward_guided(views, mask, guidance)`` takes a teacher's attention over
+the anchor modality ``(B, heads, T, T)``.
 """
 
 from __future__ import annotations
@@ -16,36 +15,8 @@ from torch import nn
 
 from mercore.config import component, option
 from mercore.errors import ConfigError
+from mercore.nn import FusionOutput, ModalityGate, TransformerLayer, UnimodalGate, check_fusion_modalities, zero_padding
 from mercore.registry import Node
-
-from .layers import ModalityGate, TransformerLayer, UnimodalGate, zero_padding
-
-
-@attrs.define
-class FusionOutput:
-    """What a ``fusion`` component returns.
-
-    Attributes:
-        fused: ``(B, T, H)`` the fused utterance representations, zero at padding.
-        attentions: named attention maps ``(B, heads, T, T)`` (e.g. ``"anchor"``, ``"text<-audio"``).
-        aux_losses: named scalar losses, already weighted (e.g. a global MoE's balance loss).
-        features: modality -> ``(B, T, H)`` per-modality features after fusion, for per-modality heads
-            (SDT's self-distillation). Absent modalities fall back to the model's encoder output.
-        stats: named floats for logging.
-    """
-
-    fused: torch.Tensor
-    attentions: dict[str, torch.Tensor] = attrs.Factory(dict)
-    aux_losses: dict[str, torch.Tensor] = attrs.Factory(dict)
-    features: dict[str, torch.Tensor] = attrs.Factory(dict)
-    stats: dict[str, float] = attrs.Factory(dict)
-
-
-def check_fusion_modalities(kind: str, modalities: list[str], views: dict[str, torch.Tensor]) -> None:
-    """Refuse views that are not exactly the modalities the fusion was built for."""
-    if set(views) != set(modalities):
-        raise ValueError(f"{kind} fusion was built for modalities {list(modalities)} but got views of "
-                         f"{list(views)}")
 
 
 def teacher_attention_like(guidance: torch.Tensor, heads: int, t: int) -> torch.Tensor:
@@ -103,7 +74,7 @@ class AttentionGuide(nn.Module):
         return (self.scale * 2.0 * torch.sigmoid(self.beta)).view(1, -1, 1, 1)
 
     def hook(self, teacher: torch.Tensor):
-        """The logit hook for :class:`~.layers.MultiHeadAttention` given the teacher's ``(B, h|1, T, T)``."""
+        """The logit hook for :class:`mercore.nn.MultiHeadAttention` given the teacher's ``(B, h|1, T, T)``."""
 
         def apply(logits: torch.Tensor) -> torch.Tensor:
             a_t = teacher.to(logits.dtype).detach()
@@ -145,8 +116,6 @@ class HCMF(nn.Module):
     ``features`` holds the gated branch outputs by modality (the anchor's under its own name), so per-modality
     heads can read them; ``attentions`` holds ``"anchor"`` and ``"anchor<-m"`` maps.
     """
-
-    supports_guidance = True
 
     @attrs.define
     class Config:
@@ -193,8 +162,13 @@ class HCMF(nn.Module):
         self.global_moe = (config.global_moe.build(dim=hidden, name=f"{name}.global_moe")
                            if config.global_moe is not None else None)
 
-    def forward(self, views: dict[str, torch.Tensor], mask: torch.Tensor,
-                guidance: torch.Tensor | None = None) -> FusionOutput:
+    def forward(self, views: dict[str, torch.Tensor], mask: torch.Tensor) -> FusionOutput:
+        """The fusion without guidance (as the ablations without a teacher run)."""
+        return self.forward_guided(views, mask, None)
+
+    def forward_guided(self, views: dict[str, torch.Tensor], mask: torch.Tensor,
+                       guidance: torch.Tensor | None) -> FusionOutput:
+        """The fusion with the teacher's attention over the anchor ``guidance (B, heads, T, T)``, or None."""
         check_fusion_modalities("hcmf", self.modalities, views)
         mask = mask.bool()
         cfg = self.config
@@ -236,4 +210,4 @@ class HCMF(nn.Module):
         return FusionOutput(fused=fused, attentions=attentions, aux_losses=aux, features=gated, stats=stats)
 
 
-__all__ = ["AttentionGuide", "FusionOutput", "HCMF", "check_fusion_modalities", "teacher_attention_like"]
+__all__ = ["AttentionGuide", "HCMF", "teacher_attention_like"]

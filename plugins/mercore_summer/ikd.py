@@ -16,9 +16,7 @@ from torch import nn
 from mercore.config import option
 from mercore.data.types import PAD_LABEL, DialogueBatch
 from mercore.errors import ConfigError
-from mercore.model_api import ModelOutput
-
-from .layers import masked_mean
+from mercore.nn import GuidableFusion, ModelOutput, masked_mean
 
 
 class IKDistiller(nn.Module):
@@ -176,7 +174,7 @@ class IKDistiller(nn.Module):
                             f"student's {student.hidden}")
         fusion = getattr(student, "fusion", None)
         anchor = getattr(student, "anchor", None)
-        if getattr(fusion, "supports_guidance", False) and anchor is not None and anchor != m:
+        if isinstance(fusion, GuidableFusion) and anchor is not None and anchor != m:
             problems.append(f"the student's fusion is anchored on {anchor!r} but teacher_modality is {m!r}: the "
                             f"teacher's {m!r} attention would guide the {anchor!r} attention (set the fusion's "
                             f"anchor to {m!r})")

@@ -1,6 +1,6 @@
 """SUMMER's components: the ``transformer`` encoder, the ``hcmf`` fusion, the ``linear`` and ``mlp`` heads, the
-``multimodal`` model assembler, the ``ikd`` distiller, and (from :mod:`mercore_summer.moe`) the SDMoE routers,
-experts and block.
+``ikd`` distiller, and (from :mod:`mercore_summer.moe`) the SDMoE routers, experts and block. The ``multimodal``
+model that assembles them is the engine's (:mod:`mercore.nn.multimodal`, registered by ``mercore_core``).
 """
 
 from mercore.hookspecs import hookimpl
@@ -9,7 +9,6 @@ from mercore_summer.encoders import TransformerEncoder
 from mercore_summer.fusion import HCMF
 from mercore_summer.heads import LinearHead, MLPHead
 from mercore_summer.ikd import IKDistiller
-from mercore_summer.model import MultimodalModel
 from mercore_summer.moe import register_moe
 
 
@@ -19,6 +18,5 @@ def register_components(register):
     register("fusion", "hcmf", HCMF)
     register("head", "linear", LinearHead)
     register("head", "mlp", MLPHead)
-    register("model", "multimodal", MultimodalModel)
     register("distiller", "ikd", IKDistiller)
     register_moe(register)

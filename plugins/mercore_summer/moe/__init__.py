@@ -1,6 +1,8 @@
 """SUMMER's Sparse Dynamic Mixture of Experts as components: routers, experts and the MoE block.
 
-``register_moe(register)`` registers them; ``mercore_summer.plugin`` calls it from its hook.
+``register_moe(register)`` registers them; ``mercore_summer.plugin`` calls it from its hook. What they
+exchange (:class:`~mercore.nn.Routing`, :class:`~mercore.nn.MoEOutput`) and their protocols are the engine's,
+in :mod:`mercore.nn.moe`.
 
 ==========  ==============  =====================================================================
 kind        name            class
@@ -19,9 +21,9 @@ from __future__ import annotations
 
 from typing import Callable
 
-from .block import MoEOutput, SDMoE, balance_loss, expert_fractions, router_z_loss
+from .block import SDMoE, balance_loss, expert_fractions, router_z_loss
 from .experts import BiGRUExperts, FFNExperts
-from .routing import NoisyTopKRouter, Routing, SigmaGumbelRouter, TopKRouter, TopPRouter, router_entropy
+from .routing import NoisyTopKRouter, SigmaGumbelRouter, TopKRouter, TopPRouter, router_entropy
 
 COMPONENTS: tuple[tuple[str, str, type], ...] = (
     ("router", "sigma_gumbel", SigmaGumbelRouter),
@@ -44,9 +46,7 @@ __all__ = [
     "BiGRUExperts",
     "COMPONENTS",
     "FFNExperts",
-    "MoEOutput",
     "NoisyTopKRouter",
-    "Routing",
     "SDMoE",
     "SigmaGumbelRouter",
     "TopKRouter",

@@ -9,29 +9,10 @@ import torch
 from torch import nn
 
 from mercore.config import component, option
+from mercore.nn.moe import MoEOutput, Routing
 from mercore.registry import Node
 
-from .routing import Routing, router_entropy
-
-
-@attrs.define
-class MoEOutput:
-    """What a ``moe`` component returns.
-
-    Attributes:
-        y: ``(B, T, D)`` the block's output; at padded positions the residual input (``residual``) or zeros.
-        aux_losses: named scalar losses, already weighted, only those whose weight is > 0
-            (``"{name}.balance"``, ``"{name}.z_loss"``); the model passes them on in ``ModelOutput.aux_losses``.
-        stats: named floats for logging: ``"{name}.load.{e}"`` share of the used routing slots that went to
-            expert e, ``"{name}.entropy"`` mean router entropy (nats), ``"{name}.experts_per_token"`` mean
-            number of used slots per real token.
-        routing: the router's :class:`Routing` over the ``N`` real tokens (``x[mask]`` order), for analysis.
-    """
-
-    y: torch.Tensor
-    aux_losses: dict[str, torch.Tensor] = attrs.Factory(dict)
-    stats: dict[str, float] = attrs.Factory(dict)
-    routing: Routing | None = None
+from .routing import router_entropy
 
 
 def expert_fractions(routing: Routing, num_experts: int, mode: str = "count") -> torch.Tensor:
@@ -153,4 +134,4 @@ class SDMoE(nn.Module):
         return stats
 
 
-__all__ = ["MoEOutput", "SDMoE", "balance_loss", "expert_fractions", "router_z_loss"]
+__all__ = ["SDMoE", "balance_loss", "expert_fractions", "router_z_loss"]

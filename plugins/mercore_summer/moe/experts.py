@@ -16,8 +16,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from mercore.config import option
-
-from .routing import Routing
+from mercore.nn.moe import Routing
 
 
 def _scatter_tokens(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

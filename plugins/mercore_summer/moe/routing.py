@@ -1,12 +1,12 @@
 """Routers (kind ``router``): from token features to a per-token choice of experts and their weights.
 
 Every router is built as ``Router(config, dim=D, num_experts=E)`` and maps the *real* tokens of a batch,
-flattened to ``(N, D)`` (``x[mask]`` in row-major order), to a :class:`Routing`.
+flattened to ``(N, D)`` (``x[mask]`` in row-major order), to a :class:`mercore.nn.Routing`.
 """
 
 from __future__ import annotations
 
-from typing import Literal, NamedTuple
+from typing import Literal
 
 import attrs
 import torch
@@ -14,48 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mercore.config import option
-
-
-class Routing(NamedTuple):
-    """What a router returns for ``N`` tokens and ``E`` experts.
-
-    Attributes:
-        expert_idx: ``(N, k)`` long; the experts each token is sent to, ``-1`` in an unused slot. ``k`` is
-            fixed per router (top-k: k; top-p: ``max_k``; sigma_gumbel: E) so a variable number of experts
-            per token is expressed by ``-1`` padding.
-        gate: ``(N, k)`` float weights of those experts, exactly 0 in unused slots. Rows sum to 1 over the
-            used slots unless the router documents otherwise (``topk`` with ``normalize: false``).
-        probs: ``(N, E)`` the router's full distribution over experts (the ``P_e`` of balance losses, and
-            router entropy); differentiable.
-        logits: ``(N, E)`` the raw router logits, before any mask or noise (for the router z-loss).
-    """
-
-    expert_idx: torch.Tensor
-    gate: torch.Tensor
-    probs: torch.Tensor
-    logits: torch.Tensor
-
-    @property
-    def used(self) -> torch.Tensor:
-        """``(N, k)`` bool: the slots that name an expert."""
-        return self.expert_idx >= 0
-
-    def dense_gate(self, num_experts: int) -> torch.Tensor:
-        """The gate scattered to ``(N, E)``: weight of expert e for token n, 0 where e is not selected.
-
-        Differentiable with respect to ``gate``. Unused slots (``-1``) contribute nothing.
-        """
-        n = self.gate.shape[0]
-        idx = self.expert_idx.clamp_min(0)
-        weights = torch.where(self.used, self.gate, torch.zeros_like(self.gate))
-        return torch.zeros(n, num_experts, dtype=self.gate.dtype, device=self.gate.device).scatter_add(1, idx, weights)
-
-    def selection(self, num_experts: int) -> torch.Tensor:
-        """``(N, E)`` bool: expert e is in token n's selection (whatever its gate value)."""
-        n = self.expert_idx.shape[0]
-        idx = self.expert_idx.clamp_min(0)
-        counts = torch.zeros(n, num_experts, dtype=torch.long, device=self.expert_idx.device)
-        return counts.scatter_add(1, idx, self.used.long()) > 0
+from mercore.nn.moe import Routing
 
 
 def _gate_linear(dim: int, num_experts: int, bias: bool) -> nn.Linear:
@@ -303,7 +262,6 @@ def router_entropy(probs: torch.Tensor) -> torch.Tensor:
 
 
 __all__ = [
-    "Routing",
     "SigmaGumbelRouter",
     "TopKRouter",
     "NoisyTopKRouter",

@@ -1,5 +1,5 @@
-"""Building blocks shared by SUMMER's components and the baselines: attention with exposed weights,
-pre-norm Transformer layers, position encodings and SDT's gates.
+"""Attention layers shared by components of every plugin: multi-head attention that returns its weights,
+pre-norm Transformer layers (self- or cross-attention) and sinusoidal position encodings.
 
 Every module here works on padded dialogue batches: ``x (B, T, D)`` with a bool ``mask (B, T)`` (True = real
 utterance). Attention never reads a padded key, so the outputs at real positions do not depend on what the
@@ -17,18 +17,6 @@ from torch import nn
 
 #: A hook on attention logits ``(B, h, Tq, Tk)`` (padded keys already at the dtype's minimum) -> logits.
 LogitHook = Callable[[torch.Tensor], torch.Tensor]
-
-
-def zero_padding(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """``x (B, T, D)`` with the padded positions set to 0 (also where they held NaN or inf)."""
-    return x.masked_fill(~mask.bool().unsqueeze(-1), 0.0)
-
-
-def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean of ``values (B, T)`` over the True entries of ``mask (B, T)``; 0 (with a graph) when there are none."""
-    mask = mask.bool()
-    total = values.masked_fill(~mask, 0.0).sum()
-    return total / mask.sum().clamp_min(1).to(values.dtype)
 
 
 def sinusoidal_positions(length: int, dim: int, *, device=None, dtype=None) -> torch.Tensor:
@@ -130,47 +118,4 @@ class TransformerLayer(nn.Module):
         return x, attn
 
 
-class UnimodalGate(nn.Module):
-    """SDT's unimodal-level gated fusion: ``sigmoid(W x) * x`` per feature, ``W`` a bias-free ``Linear(D, D)``.
-
-    ``identity=True`` fixes ``W`` to the identity (SDT freezes it so on MELD), i.e. ``sigmoid(x) * x``.
-    ``(B, T, D) -> (B, T, D)``.
-    """
-
-    def __init__(self, dim: int, identity: bool = False):
-        super().__init__()
-        self.fc = None if identity else nn.Linear(dim, dim, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = x if self.fc is None else self.fc(x)
-        return torch.sigmoid(z) * x
-
-
-class ModalityGate(nn.Module):
-    """SDT's multimodal-level gated fusion: a softmax over the M inputs, per feature, of ``W x_m``.
-
-    ``y = sum_m softmax_m(W x_m) * x_m`` with ``W`` a bias-free ``Linear(D, D)`` shared by the inputs.
-    ``list of M (B, T, D) -> ((B, T, D), weights (B, T, M, D))``.
-    """
-
-    def __init__(self, dim: int):
-        super().__init__()
-        self.fc = nn.Linear(dim, dim, bias=False)
-
-    def forward(self, xs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        stacked = torch.stack(xs, dim=-2)  # (B, T, M, D)
-        weights = self.fc(stacked).softmax(dim=-2)
-        return (weights * stacked).sum(dim=-2), weights
-
-
-__all__ = [
-    "FeedForward",
-    "LogitHook",
-    "ModalityGate",
-    "MultiHeadAttention",
-    "TransformerLayer",
-    "UnimodalGate",
-    "masked_mean",
-    "sinusoidal_positions",
-    "zero_padding",
-]
+__all__ = ["FeedForward", "LogitHook", "MultiHeadAttention", "TransformerLayer", "sinusoidal_positions"]

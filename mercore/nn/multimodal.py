@@ -1,7 +1,8 @@
 """The model assembler (kind ``model``, name ``multimodal``): encoders -> MoE -> fusion -> head.
 
 One assembler serves SUMMER's student, its unimodal teacher and the baselines: which encoder, MoE, fusion and
-head it is built from is the recipe's choice.
+head it is built from is the recipe's choice. It lives in the engine, not in a component plugin, because it
+depends only on the contracts of :mod:`mercore.nn` (``mercore_core`` registers it).
 """
 
 from __future__ import annotations
@@ -14,11 +15,11 @@ from torch import nn
 from mercore.config import component, option
 from mercore.data.types import PAD_LABEL, DialogueBatch
 from mercore.errors import ConfigError
-from mercore.model_api import ModelOutput
+from mercore.nn.encoder import AttentionEncoder
+from mercore.nn.fusion import FusionOutput, GuidableFusion
+from mercore.nn.masking import masked_mean, zero_padding
+from mercore.nn.model import ModelOutput
 from mercore.registry import Node
-
-from .fusion import FusionOutput
-from .layers import masked_mean, zero_padding
 
 
 class MultimodalModel(nn.Module):
@@ -33,8 +34,11 @@ class MultimodalModel(nn.Module):
     ``fusion`` combines the views into ``(B, T, H)``; with one modality there is none and the head reads
     ``h_m`` (the text teacher and the text-only baselines). The head gives ``logits (B, T, C)``.
 
-    When ``teacher`` (a teacher's :class:`ModelOutput`) is given, the model is training (or ``guide_at_eval``)
-    and the fusion supports guidance, ``teacher.attentions["anchor"]`` guides the fusion's attention.
+    Optional capabilities are read from the components' declared protocols, nothing else: an encoder that is an
+    :class:`~mercore.nn.AttentionEncoder` contributes its attention map; a fusion that is a
+    :class:`~mercore.nn.GuidableFusion` sets the anchor modality and is called through ``forward_guided``.
+    When ``teacher`` (a teacher's :class:`ModelOutput`) is given and the model is training (or
+    ``guide_at_eval``), ``teacher.attentions["anchor"]`` guides such a fusion's attention.
 
     SDT's self-distillation (``unimodal_heads: true``): one head per modality on the fusion's per-modality
     features (or on ``h_m`` where the fusion has none) gives ``unimodal_logits``; the losses, in
@@ -125,7 +129,7 @@ class MultimodalModel(nn.Module):
         self.fusion = (config.fusion.build(modalities=list(self.modalities), hidden=H, num_classes=num_classes,
                                            name="fusion")
                        if config.fusion is not None else None)
-        fusion_anchor = getattr(self.fusion, "anchor", None)
+        fusion_anchor = self.fusion.anchor if isinstance(self.fusion, GuidableFusion) else None
         if config.anchor is not None:
             if fusion_anchor is not None and fusion_anchor != config.anchor:
                 raise ConfigError(f"model.anchor is {config.anchor!r} but the fusion's anchor is {fusion_anchor!r}; "
@@ -142,7 +146,7 @@ class MultimodalModel(nn.Module):
 
     # ------------------------------------------------------------------------------------------------------
     def _guidance(self, teacher: ModelOutput | None) -> torch.Tensor | None:
-        if teacher is None or self.fusion is None or not getattr(self.fusion, "supports_guidance", False):
+        if teacher is None or not isinstance(self.fusion, GuidableFusion):
             return None
         if not (self.training or self.config.guide_at_eval):
             return None
@@ -162,12 +166,11 @@ class MultimodalModel(nn.Module):
 
         for m in self.modalities:
             enc = self.encoders[m]
-            if getattr(enc, "returns_attention", False):
-                h, attn = enc(batch.features[m], batch.speakers, mask, return_attention=True)
-                if attn is not None:
-                    attentions[f"encoder.{m}"] = attn
-                    if m == self.anchor:
-                        attentions["anchor"] = attn  # (B, heads, T, T)
+            if isinstance(enc, AttentionEncoder):
+                h, attn = enc.forward_with_attention(batch.features[m], batch.speakers, mask)
+                attentions[f"encoder.{m}"] = attn
+                if m == self.anchor:
+                    attentions["anchor"] = attn  # (B, heads, T, T)
             else:
                 h = enc(batch.features[m], batch.speakers, mask)  # (B, T, H)
             if self.moes is not None:
@@ -180,9 +183,9 @@ class MultimodalModel(nn.Module):
 
         fusion_features: dict[str, torch.Tensor] = {}
         if self.fusion is not None:
-            guidance = self._guidance(teacher)
-            if getattr(self.fusion, "supports_guidance", False):
-                fo = self.fusion(views, mask, guidance=guidance)
+            if isinstance(self.fusion, GuidableFusion):
+                guidance = self._guidance(teacher)
+                fo = self.fusion.forward_guided(views, mask, guidance)
                 stats["guided"] = float(guidance is not None)
             else:
                 fo = self.fusion(views, mask)
