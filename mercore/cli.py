@@ -152,23 +152,32 @@ def cmd_list(args) -> int:
 
 
 def cmd_show(args) -> int:
-    import typing
+    """What a plugin author needs about one component: docs, config, build-time context, output, protocols."""
+    import inspect
 
-    from mercore.config import field_help, field_kind, type_name
     from mercore.plugins import get_registry
 
     spec = get_registry().get(args.kind, args.name)
     print(f"{spec.kind} {spec.name}  (plugin {spec.plugin})")
-    import inspect
-
     doc = inspect.getdoc(spec.factory) or spec.doc
     if doc:
         print()
         print(doc)
     print()
+    _show_config(spec.config_cls)
+    print()
+    _show_contract(spec)
+    return 0
+
+
+def _show_config(config_cls: type) -> None:
+    import typing
+
+    from mercore.config import field_help, field_kind, type_name
+
     print("config:")
-    hints = typing.get_type_hints(spec.config_cls)
-    fields = attrs.fields(spec.config_cls)
+    hints = typing.get_type_hints(config_cls)
+    fields = attrs.fields(config_cls)
     if not fields:
         print("  (no options)")
     for f in fields:
@@ -183,7 +192,37 @@ def cmd_show(args) -> int:
         print(f"  {f.name}: {tp} = {default}")
         if field_help(f):
             print(f"      {field_help(f)}")
-    return 0
+
+
+def _where(path: str) -> str:
+    """``Name (defined in module)`` for a dotted path."""
+    module, _, name = path.rpartition(".")
+    return f"{name} (defined in {module})"
+
+
+def _show_contract(spec) -> None:
+    from mercore.kinds import KIND_CONTRACTS, declared_capabilities, is_type_path
+
+    contract = KIND_CONTRACTS[spec.kind]
+    print(f"build context: called as factory(config, **context) by {contract.built_by}; context holds")
+    if not contract.context:
+        print("  (nothing)")
+    for arg in contract.context:
+        print(f"  {arg.name}: {arg.type}  {arg.help}")
+    print()
+    returns = contract.returns
+    if is_type_path(returns):
+        head, _, rest = returns.partition(" ")
+        returns = f"{_where(head)} {rest}".rstrip()
+    print(f"returns: {returns}")
+    if contract.protocol:
+        print(f"protocol: {_where(contract.protocol)}")
+    if contract.capabilities:
+        print("optional capabilities (declared by implementing the protocol's methods):")
+        for path, has in declared_capabilities(spec.factory, contract).items():
+            print(f"  {_where(path)}: {'yes' if has else 'no'}")
+    factory = spec.factory
+    print(f"implemented by: {getattr(factory, '__module__', '?')}.{getattr(factory, '__qualname__', factory)}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -221,7 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("kind", nargs="?", help="only this kind")
     p.set_defaults(func=cmd_list)
 
-    p = sub.add_parser("show", help="one component's config fields, defaults, docs and plugin")
+    p = sub.add_parser("show", help="one component's docs, config, build-time context, output type, protocols "
+                                    "and optional capabilities")
     p.add_argument("kind")
     p.add_argument("name")
     p.set_defaults(func=cmd_show)

@@ -1,6 +1,8 @@
 """The component registry: kinds, names, the plugin that provided each, and build-time resolution.
 
-Every component is an attrs config class plus a factory ``factory(config, **context)``. Plugins fill the
+Every component is an attrs config class plus a factory ``factory(config, **context)``. What ``context`` holds
+for each kind, what the component returns and which :mod:`mercore.nn` protocol it satisfies is declared in
+:data:`mercore.kinds.KIND_CONTRACTS` (shown by ``mercore show KIND NAME``). Plugins fill the
 registry through the ``register_components`` hook (see :mod:`mercore.hookspecs`); the registry never imports
 a plugin itself, so a broken plugin cannot break it (see :mod:`mercore.plugins`).
 """
@@ -14,22 +16,7 @@ from typing import Any, Callable
 import attrs
 
 from mercore.errors import RegistryError
-
-#: The kinds of component a recipe can name. ``model`` assembles the others.
-KINDS: tuple[str, ...] = (
-    "model",
-    "encoder",
-    "fusion",
-    "router",
-    "experts",
-    "moe",
-    "head",
-    "distiller",
-    "dataset",
-    "loss",
-    "optimizer",
-    "scheduler",
-)
+from mercore.kinds import KINDS
 
 #: The provider name recorded for components resolved through a ``module:attr`` escape hatch.
 LOCAL_PROVIDER = "<local module:attr>"
