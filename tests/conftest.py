@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -41,3 +42,24 @@ def subprocess_env():
 def write_recipe(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
+
+
+def _make_site(tmp_path: Path, plugins: dict[str, str], dist: str = "mercore-fakeplug", version: str = "1.2.3") -> Path:
+    """A folder with modules and one ``.dist-info`` whose entry points name them, as pip would install."""
+    site = tmp_path / "site"
+    site.mkdir()
+    for module, source in plugins.items():
+        (site / f"{module}.py").write_text(textwrap.dedent(source))
+    info = site / f"{dist.replace('-', '_')}-{version}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
+    eps = "".join(f"{m.removeprefix('mercore_')} = {m}\n" for m in plugins)
+    (info / "entry_points.txt").write_text(f"[mercore]\n{eps}")
+    return site
+
+
+@pytest.fixture
+def plugin_site():
+    """``plugin_site(tmp_path, {module: source}, dist=..., version=...)``: a folder that, put on sys.path or
+    PYTHONPATH, installs the modules as one third-party distribution with ``mercore`` entry points."""
+    return _make_site

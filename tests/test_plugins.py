@@ -1,4 +1,5 @@
-"""Third-party plugin discovery through entry points, with nothing installed: a fake dist-info on sys.path."""
+"""Third-party plugin discovery through entry points, with nothing installed: a fake dist-info on sys.path
+(the ``plugin_site`` fixture of conftest.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,6 @@ import importlib
 import json
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -42,20 +42,6 @@ def register_component(register):   # no such hook: must be an error, not silent
 '''
 
 
-def make_site(tmp_path: Path, plugins: dict[str, str], dist: str = "mercore-fakeplug", version: str = "1.2.3") -> Path:
-    """A folder with modules and one ``.dist-info`` whose entry points name them, as pip would install."""
-    site = tmp_path / "site"
-    site.mkdir()
-    for module, source in plugins.items():
-        (site / f"{module}.py").write_text(textwrap.dedent(source))
-    info = site / f"{dist.replace('-', '_')}-{version}.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
-    eps = "".join(f"{m.removeprefix('mercore_')} = {m}\n" for m in plugins)
-    (info / "entry_points.txt").write_text(f"[mercore]\n{eps}")
-    return site
-
-
 @pytest.fixture
 def on_sys_path(monkeypatch):
     def add(site: Path):
@@ -65,8 +51,8 @@ def on_sys_path(monkeypatch):
     return add
 
 
-def test_third_party_plugin_is_found_through_its_entry_point(tmp_path, on_sys_path):
-    on_sys_path(make_site(tmp_path, {"mercore_fakeplug": GOOD}))
+def test_third_party_plugin_is_found_through_its_entry_point(tmp_path, plugin_site, on_sys_path):
+    on_sys_path(plugin_site(tmp_path, {"mercore_fakeplug": GOOD}))
     ps = load_plugins()
     info = next(p for p in ps.plugins if p.name == "fakeplug")
     assert (info.distribution, info.version, info.error) == ("mercore-fakeplug", "1.2.3", None)
@@ -75,8 +61,8 @@ def test_third_party_plugin_is_found_through_its_entry_point(tmp_path, on_sys_pa
     assert spec.plugin == "fakeplug" and spec.factory(spec.config_cls()).config.width == 7
 
 
-def test_broken_plugin_is_skipped_with_a_warning_and_others_still_load(tmp_path, on_sys_path):
-    on_sys_path(make_site(tmp_path, {"mercore_fakeplug": GOOD, "mercore_broken": BROKEN}))
+def test_broken_plugin_is_skipped_with_a_warning_and_others_still_load(tmp_path, plugin_site, on_sys_path):
+    on_sys_path(plugin_site(tmp_path, {"mercore_fakeplug": GOOD, "mercore_broken": BROKEN}))
     with pytest.warns(PluginLoadWarning, match="broken"):
         ps = load_plugins()
     broken = next(p for p in ps.plugins if p.name == "broken")
@@ -85,15 +71,15 @@ def test_broken_plugin_is_skipped_with_a_warning_and_others_still_load(tmp_path,
     assert ps.registry.get("optimizer", "adamw")  # first-party plugins unaffected
 
 
-def test_strict_mode_makes_a_broken_plugin_fatal(tmp_path, on_sys_path, monkeypatch):
-    on_sys_path(make_site(tmp_path, {"mercore_broken": BROKEN}))
+def test_strict_mode_makes_a_broken_plugin_fatal(tmp_path, plugin_site, on_sys_path, monkeypatch):
+    on_sys_path(plugin_site(tmp_path, {"mercore_broken": BROKEN}))
     monkeypatch.setenv("MERCORE_STRICT_PLUGINS", "1")
     with pytest.raises(RegistryError, match="plugin 'broken'.*failed to load"):
         load_plugins()
 
 
-def test_misspelled_hook_is_reported_as_a_load_error(tmp_path, on_sys_path):
-    on_sys_path(make_site(tmp_path, {"mercore_misspelled": MISSPELLED}))
+def test_misspelled_hook_is_reported_as_a_load_error(tmp_path, plugin_site, on_sys_path):
+    on_sys_path(plugin_site(tmp_path, {"mercore_misspelled": MISSPELLED}))
     with pytest.warns(PluginLoadWarning):
         ps = load_plugins()
     info = next(p for p in ps.plugins if p.name == "misspelled")
@@ -106,8 +92,8 @@ def test_only_env_restricts_loading(monkeypatch):
     assert [p.name for p in ps.plugins] == ["core"]
 
 
-def test_mercore_plugins_cli_survives_a_broken_plugin(tmp_path, subprocess_env):
-    site = make_site(tmp_path, {"mercore_fakeplug": GOOD, "mercore_broken": BROKEN})
+def test_mercore_plugins_cli_survives_a_broken_plugin(tmp_path, plugin_site, subprocess_env):
+    site = plugin_site(tmp_path, {"mercore_fakeplug": GOOD, "mercore_broken": BROKEN})
     env = dict(subprocess_env, PYTHONPATH=f"{site}:{subprocess_env['PYTHONPATH']}")
     out = subprocess.run([sys.executable, "-m", "mercore", "plugins", "--json"], env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
