@@ -116,3 +116,17 @@ def barrier() -> None:
     """Wait for every rank (e.g. before reading a checkpoint that rank 0 writes)."""
     if is_distributed() and tdist.is_initialized():
         tdist.barrier()
+
+
+def gather_to_main(obj: object) -> list | None:
+    """Every rank's ``obj`` as a list indexed by rank on rank 0 (``[obj]`` without torchrun), None elsewhere.
+
+    A collective: every rank must call it at the same point (used for per-rank random states in checkpoints).
+    """
+    if not is_distributed() or not tdist.is_initialized():
+        return [obj]
+    if tdist.get_backend() == "nccl":  # gather_object stages the pickles on the current CUDA device
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    out: list | None = [None] * world_size() if rank() == 0 else None
+    tdist.gather_object(obj, out, dst=0)
+    return out
