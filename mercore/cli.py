@@ -27,6 +27,10 @@ examples:
   mercore run recipes/demo_synthetic.yaml
   mercore run recipes/demo_synthetic.yaml trainer.epochs=3 optimizer.lr=3e-4 output_dir=runs/try
   mercore run recipes/demo_synthetic.yaml resume=true        continue an interrupted run
+stages:
+  a recipe's `stages:` (e.g. an IKD teacher) are trained first by `run`, which prints the stage plan;
+  each inherits seed, data.root/data.path and trainer.device/threads/progress unless its overrides set
+  them. validate and eval never train a stage.
   torchrun --nproc_per_node=2 -m mercore run RECIPE          data-parallel training
 """
 
@@ -202,13 +206,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"mercore {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("run", help="train and evaluate a recipe", epilog=EPILOG_RUN,
+    p = sub.add_parser("run", help="train and evaluate a recipe (its unfinished stages first)", epilog=EPILOG_RUN,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("recipe", help="path to a YAML recipe")
     p.add_argument("overrides", nargs="*", help="key.sub=value or ~key.sub")
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("validate", help="check a recipe (exit 2 on errors) without training", epilog=EPILOG_RUN,
+    p = sub.add_parser("validate", help="check a recipe and its stages (exit 2 on errors) without training",
+                       epilog=EPILOG_RUN,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("recipe")
     p.add_argument("overrides", nargs="*")
