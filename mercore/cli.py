@@ -105,16 +105,16 @@ def cmd_eval(args) -> int:
     import torch
 
     from mercore.runs import load_run_recipe, load_run_weights, locate_checkpoint
-    from mercore.train import build_components, evaluate
+    from mercore.train import build_components, evaluate, model_guides_at_eval
 
     run_dir, folder = locate_checkpoint(args.checkpoint)
     recipe, _ = load_run_recipe(run_dir)
     # Trains nothing: the distiller (and so a teacher run) is built only for a model that the teacher guides at
     # evaluation, and then it only loads a finished teacher.
+    if recipe.distiller is not None and model_guides_at_eval(recipe):
+        print(f"note: the model lets the teacher guide at evaluation (model.guide_at_eval), so eval loads the "
+              f"distiller's teacher run", file=sys.stderr)
     c = build_components(recipe, for_eval=True)
-    if c.distiller is not None:
-        print(f"note: {recipe.model.name} lets the teacher guide at evaluation (guide_at_eval), so the teacher run "
-              "is loaded", file=sys.stderr)
     load_run_weights(folder, c.model, c.distiller)
     report, _ = evaluate(c, args.split, recipe.trainer.eval_batch_size, torch.device("cpu"))
     if args.json:

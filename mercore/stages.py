@@ -179,12 +179,12 @@ def plan_stages(loaded, registry=None, _chain: tuple[Path, ...] = ()) -> list[Pl
             raise ConfigError([f"{where}.recipe: the stages form a cycle: {shown}"], source=loaded.source)
         run_dir = Path(stage.output_dir)
         state = stage_state(run_dir)
-        stage_data, _, _ = load_recipe_data(path, list(stage.overrides))
-        inherited = inherited_overrides(loaded.data, loaded.recipe, stage_data, list(stage.overrides), registry)
-        full = [*inherited, *stage.overrides, f"output_dir={_override_value(str(run_dir))}"]
-        if state == "resume":
-            full.append("resume=true")
         try:
+            stage_data, _, _ = load_recipe_data(path, list(stage.overrides))
+            inherited = inherited_overrides(loaded.data, loaded.recipe, stage_data, list(stage.overrides), registry)
+            full = [*inherited, *stage.overrides, f"output_dir={_override_value(str(run_dir))}"]
+            if state == "resume":
+                full.append("resume=true")
             stage_loaded = load_recipe(path, full, registry=registry)
         except ConfigError as exc:
             raise ConfigError([f"{where} ({path}): {p}" for p in exc.problems], source=loaded.source) from None

@@ -76,9 +76,11 @@ def model_context(corpus: Corpus) -> dict[str, Any]:
                 num_speakers=corpus.num_speakers, label_names=list(corpus.label_names))
 
 
-def model_guides_at_eval(model: torch.nn.Module) -> bool:
-    """Whether the model lets the teacher guide it at evaluation too (then evaluation needs the distiller)."""
-    return bool(getattr(getattr(model, "config", None), "guide_at_eval", False))
+def model_guides_at_eval(model: torch.nn.Module | Recipe) -> bool:
+    """Whether the model (built, or a recipe's) lets the teacher guide it at evaluation too (then evaluation
+    needs the distiller and its teacher)."""
+    config = model.model.config if isinstance(model, Recipe) else getattr(model, "config", None)
+    return bool(getattr(config, "guide_at_eval", False))
 
 
 def build_components(recipe: Recipe, corpus: Corpus | None = None, *, for_eval: bool = False) -> Components:
@@ -323,7 +325,7 @@ class Trainer:
             state.step_in_epoch = step + 1
             state.global_step += 1
             bar.postfix = f"loss {loss:.4f}"
-            if self._stop_requested:
+            if dist.any_rank(self._stop_requested):  # every rank saves at the same step (the save is collective)
                 self._save(setup, state, reason="interrupted")
                 self.log(f"interrupted: saved a checkpoint at epoch {epoch + 1} step {step + 1}; "
                          f"continue with: mercore run {self.loaded.source} resume=true output_dir={self.run_dir}")

@@ -140,6 +140,15 @@ def test_a_stage_is_trained_first_then_reused_and_eval_of_a_copy_needs_no_teache
     assert main(["eval", str(copy), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["accuracy"] == results["test"]["accuracy"]
     assert not teacher_dir.exists() and not (copy / "teacher").exists()
+    # A model that the teacher guides at evaluation needs it: said, and refused clearly, still without training.
+    saved = (copy / "recipe.yaml").read_text()
+    assert saved.count("guide_at_eval: false") == 1
+    (copy / "recipe.yaml").write_text(saved.replace("guide_at_eval: false", "guide_at_eval: true"))
+    assert main(["eval", str(copy)]) == 2
+    err = capsys.readouterr().err
+    assert "the model lets the teacher guide at evaluation" in err
+    assert f"the teacher run '{teacher_dir}' does not exist; ikd only loads a finished teacher" in err
+    assert not teacher_dir.exists()
 
 
 @pytest.mark.slow
