@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_model, save_model
 
 from mercore.errors import CheckpointError
 
@@ -69,11 +69,6 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _state_dict_for_safetensors(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    # safetensors refuses tensors that share storage; a contiguous clone breaks the sharing.
-    return {k: v.detach().contiguous().clone() if v.data_ptr() else v for k, v in module.state_dict().items()}
-
-
 def write_checkpoint(
     folder: Path,
     *,
@@ -97,10 +92,11 @@ def write_checkpoint(
             os.fsync(f.fileno())
         files[name] = {"bytes": p.stat().st_size, "sha256": _sha256(p)}
 
-    save_file(_state_dict_for_safetensors(model), str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    # save_model stores tensors that share storage once (safetensors refuses shared storage).
+    save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt"})
     finish("model.safetensors")
     if extra is not None and len(extra.state_dict()):
-        save_file(_state_dict_for_safetensors(extra), str(tmp / "extra.safetensors"), metadata={"format": "pt"})
+        save_model(extra, str(tmp / "extra.safetensors"), metadata={"format": "pt"})
         finish("extra.safetensors")
     if trainer_state is not None:
         torch.save(trainer_state, tmp / "trainer_state.pt")
@@ -154,15 +150,17 @@ def load_weights(folder: Path, module: torch.nn.Module, file: str = "model.safet
     if verify:
         verify_checkpoint(folder)
     try:
-        state = load_file(str(folder / file))
+        missing, unexpected = load_model(module, str(folder / file), strict=False)
     except Exception as exc:
         raise CheckpointError(f"cannot read {folder / file}: {exc}") from None
-    result = module.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
+    missing = sorted(missing)
+    # A shared tensor that an older checkpoint stored under each of its names is not unexpected.
+    unexpected = [k for k in unexpected if k not in module.state_dict()]
+    if missing or unexpected:
         raise CheckpointError(
             f"{folder / file} does not match the model built from the recipe: "
-            f"missing {result.missing_keys[:5]}{'...' if len(result.missing_keys) > 5 else ''}, "
-            f"unexpected {result.unexpected_keys[:5]}{'...' if len(result.unexpected_keys) > 5 else ''}"
+            f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+            f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}"
         )
 
 

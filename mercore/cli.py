@@ -27,6 +27,10 @@ examples:
   mercore run recipes/demo_synthetic.yaml
   mercore run recipes/demo_synthetic.yaml trainer.epochs=3 optimizer.lr=3e-4 output_dir=runs/try
   mercore run recipes/demo_synthetic.yaml resume=true        continue an interrupted run
+stages:
+  a recipe's `stages:` (e.g. an IKD teacher) are trained first by `run`, which prints the stage plan;
+  each inherits seed, data.root/data.path and trainer.device/threads/progress unless its overrides set
+  them. validate and eval never train a stage.
   torchrun --nproc_per_node=2 -m mercore run RECIPE          data-parallel training
 """
 
@@ -46,11 +50,11 @@ def _load(args) -> "object":
 
 def cmd_run(args) -> int:
     from mercore import distributed
-    from mercore.train import Trainer
+    from mercore.stages import run_with_stages
 
     loaded = _load(args)
     distributed.init_if_needed(loaded.recipe.trainer.device)
-    results = Trainer(loaded).run()
+    results = run_with_stages(loaded)
     if distributed.rank() == 0:
         t = results["test"]
         print(f"test (epoch {results['best_epoch']}, selected on {results['selected_on']}): "
@@ -61,14 +65,26 @@ def cmd_run(args) -> int:
 
 
 def cmd_validate(args) -> int:
+    from mercore.stages import format_plan, plan_stages
+
     loaded = _load(args)
+    plan = plan_stages(loaded)  # validates every stage's recipe too; trains nothing
     print(f"{args.recipe}: valid")
+    if plan:
+        print("\n".join(format_plan(plan, loaded)))
+        print("(validate trains nothing: `mercore run` trains the stages that are not finished)")
     if args.build:
         import torch
 
         from mercore.data.types import iterate_batches
+        from mercore.stages import unfinished
         from mercore.train import build_components, forward_batch, seed_everything
 
+        missing = unfinished(plan)
+        if missing and loaded.recipe.distiller is not None:
+            raise ConfigError([f"stages.{st.name}: {st.run_dir} is not finished ({st.state}), so the components "
+                               f"that load it cannot be built; make it with `mercore run {args.recipe}` (all stages), "
+                               f"or alone with `{st.command}`" for st in missing])
         seed_everything(loaded.recipe.seed)
         c = build_components(loaded.recipe)
         batch = next(iterate_batches(c.corpus.split("train"), c.modalities, min(2, loaded.recipe.trainer.batch_size)))
@@ -86,25 +102,21 @@ def cmd_validate(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from mercore import checkpoint as ckpt
-    from mercore.recipe import build_recipe
-    from mercore.plugins import get_registry
-    from mercore.runs import read_run_recipe
-    from mercore.train import build_components, evaluate
+    import torch
 
-    target = Path(args.checkpoint)
-    if (target / ckpt.META).exists():  # a checkpoint folder: RUN/checkpoints/NAME
-        folder, run_dir = target, target.parent.parent
-    else:
-        run_dir = target
-        folder = run_dir / "checkpoints" / "best"
-    data = read_run_recipe(run_dir)
-    recipe = build_recipe(data, get_registry(), source=str(run_dir / "recipe.yaml"))
-    c = build_components(recipe)
-    ckpt.load_weights(folder, c.model)
-    if c.distiller is not None and (folder / "extra.safetensors").exists():
-        ckpt.load_weights(folder, c.distiller, file="extra.safetensors")
-    report, _ = evaluate(c, args.split, recipe.trainer.eval_batch_size, __import__("torch").device("cpu"))
+    from mercore.runs import load_run_recipe, load_run_weights, locate_checkpoint
+    from mercore.train import build_components, evaluate, model_guides_at_eval
+
+    run_dir, folder = locate_checkpoint(args.checkpoint)
+    recipe, _ = load_run_recipe(run_dir)
+    # Trains nothing: the distiller (and so a teacher run) is built only for a model that the teacher guides at
+    # evaluation, and then it only loads a finished teacher.
+    if recipe.distiller is not None and model_guides_at_eval(recipe):
+        print(f"note: the model lets the teacher guide at evaluation (model.guide_at_eval), so eval loads the "
+              f"distiller's teacher run", file=sys.stderr)
+    c = build_components(recipe, for_eval=True)
+    load_run_weights(folder, c.model, c.distiller)
+    report, _ = evaluate(c, args.split, recipe.trainer.eval_batch_size, torch.device("cpu"))
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -233,13 +245,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"mercore {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("run", help="train and evaluate a recipe", epilog=EPILOG_RUN,
+    p = sub.add_parser("run", help="train and evaluate a recipe (its unfinished stages first)", epilog=EPILOG_RUN,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("recipe", help="path to a YAML recipe")
     p.add_argument("overrides", nargs="*", help="key.sub=value or ~key.sub")
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("validate", help="check a recipe (exit 2 on errors) without training", epilog=EPILOG_RUN,
+    p = sub.add_parser("validate", help="check a recipe and its stages (exit 2 on errors) without training",
+                       epilog=EPILOG_RUN,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("recipe")
     p.add_argument("overrides", nargs="*")

@@ -116,3 +116,28 @@ def barrier() -> None:
     """Wait for every rank (e.g. before reading a checkpoint that rank 0 writes)."""
     if is_distributed() and tdist.is_initialized():
         tdist.barrier()
+
+
+def gather_to_main(obj: object) -> list | None:
+    """Every rank's ``obj`` as a list indexed by rank on rank 0 (``[obj]`` without torchrun), None elsewhere.
+
+    A collective: every rank must call it at the same point (used for per-rank random states in checkpoints).
+    """
+    if not is_distributed() or not tdist.is_initialized():
+        return [obj]
+    if tdist.get_backend() == "nccl":  # gather_object stages the pickles on the current CUDA device
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    out: list | None = [None] * world_size() if rank() == 0 else None
+    tdist.gather_object(obj, out, dst=0)
+    return out
+
+
+def any_rank(flag: bool) -> bool:
+    """Whether ``flag`` is true on any rank (the flag itself without torchrun). A collective, like
+    :func:`gather_to_main`: ranks agree on a stop request so that all of them save at the same step."""
+    if not is_distributed() or not tdist.is_initialized():
+        return flag
+    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if tdist.get_backend() == "nccl" else "cpu"
+    value = torch.tensor([1 if flag else 0], device=device)
+    tdist.all_reduce(value, op=tdist.ReduceOp.MAX)
+    return bool(value.item())

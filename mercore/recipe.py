@@ -18,6 +18,7 @@ import attrs
 from mercore.config import LineMap, component, option, validate_config
 from mercore.errors import ConfigError
 from mercore.registry import Node, Registry
+from mercore.stages import StageConfig
 from mercore.yaml_io import parse_scalar, parse_yaml
 
 
@@ -58,6 +59,8 @@ class Recipe:
     trainer: TrainerConfig = option(factory=TrainerConfig)
     seed: int = option(0, help="seed of every random number generator")
     output_dir: str = option("runs/default", help="run directory (recipe.yaml, metrics, checkpoints)")
+    stages: dict[str, StageConfig] = option(
+        factory=dict, help="runs of other recipes trained first (e.g. an IKD teacher); see mercore.stages")
     resume: bool = option(False, help="continue the run in output_dir from its latest checkpoint")
     name: str = option("", help="a name for logs")
     description: str = option("", help="free text")

@@ -45,12 +45,77 @@ def _missing_plugin_hint(data: dict, registry) -> list[str]:
     return missing
 
 
+def resolve_checkpoint(run_dir: str | Path, checkpoint: str = "best") -> Path:
+    """The folder of ``checkpoint`` in ``run_dir``: ``best``, ``latest`` (LATEST's folder), a folder name of
+    ``RUN/checkpoints``, or a path (absolute, or relative to the working directory when it exists there).
+
+    Raises:
+        CheckpointError: the run has no such checkpoint (yet).
+    """
+    ckpts = Path(run_dir) / "checkpoints"
+    if checkpoint == "best":
+        folder = ckpts / "best"
+    elif checkpoint == "latest":
+        latest = ckpt.latest_folder(ckpts)
+        if latest is None:
+            raise CheckpointError(f"{run_dir} has no checkpoint yet")
+        folder = latest
+    else:
+        folder = Path(checkpoint)
+        if not folder.is_absolute() and not folder.exists():
+            folder = ckpts / checkpoint
+    if not folder.exists():
+        raise CheckpointError(f"checkpoint {folder} does not exist")
+    return folder
+
+
+def locate_checkpoint(target: str | Path) -> tuple[Path, Path]:
+    """``(run_dir, checkpoint folder)`` of what a user names: a run directory (its best checkpoint) or a
+    checkpoint folder ``RUN/checkpoints/NAME``."""
+    target = Path(target)
+    if (target / ckpt.META).exists():
+        return target.parent.parent, target
+    return target, resolve_checkpoint(target, "best")
+
+
+def load_run_weights(folder: Path, model: torch.nn.Module, distiller: torch.nn.Module | None = None,
+                     verify: bool = True) -> None:
+    """Load a checkpoint's model weights and, when both exist, the distiller's (``extra.safetensors``)."""
+    ckpt.load_weights(folder, model, verify=verify)
+    if distiller is not None and (Path(folder) / "extra.safetensors").exists():
+        ckpt.load_weights(folder, distiller, file="extra.safetensors", verify=verify)
+
+
 def read_run_recipe(run_dir: Path) -> dict:
     path = Path(run_dir) / "recipe.yaml"
     if not path.exists():
         raise CheckpointError(f"{run_dir} is not a mercore run directory: {path.name} is missing")
     data, _ = parse_yaml(path.read_text(), source=str(path))
     return data
+
+
+def load_run_recipe(run_dir: str | Path) -> tuple[Recipe, dict]:
+    """The validated recipe of a run directory (its ``recipe.yaml``) and the plain data it was read from.
+
+    Raises:
+        CheckpointError: ``run_dir`` is not a run directory.
+        RegistryError: the recipe names a component whose plugin is not installed (named in the message).
+    """
+    from mercore.plugins import get_registry
+
+    run_dir = Path(run_dir)
+    data = read_run_recipe(run_dir)
+    registry = get_registry()
+    try:
+        return build_recipe(data, registry, source=str(run_dir / "recipe.yaml")), data
+    except ConfigError as exc:
+        missing = _missing_plugin_hint(data, registry)
+        if missing:
+            raise RegistryError(
+                f"the run in {run_dir} needs components that no installed plugin provides: {'; '.join(missing)}. "
+                "Install the plugin package that provides them (see `mercore plugins`)."
+            ) from exc
+        raise
 
 
 def load_run(run_dir: str | Path, checkpoint: str = "best") -> LoadedRun:
@@ -62,36 +127,13 @@ def load_run(run_dir: str | Path, checkpoint: str = "best") -> LoadedRun:
         CheckpointError: the run or checkpoint is missing, corrupted or does not match the recipe.
         RegistryError: the recipe names a component whose plugin is not installed (named in the message).
     """
-    from mercore.plugins import get_registry
-
     run_dir = Path(run_dir)
-    data = read_run_recipe(run_dir)
-    registry = get_registry()
-    try:
-        recipe = build_recipe(data, registry, source=str(run_dir / "recipe.yaml"))
-    except ConfigError as exc:
-        missing = _missing_plugin_hint(data, registry)
-        if missing:
-            raise RegistryError(
-                f"the run in {run_dir} needs components that no installed plugin provides: {'; '.join(missing)}. "
-                "Install the plugin package that provides them (see `mercore plugins`)."
-            ) from exc
-        raise
-    if checkpoint == "best":
-        folder = run_dir / "checkpoints" / "best"
-    elif checkpoint == "latest":
-        folder = ckpt.latest_folder(run_dir / "checkpoints")
-        if folder is None:
-            raise CheckpointError(f"{run_dir} has no checkpoint yet")
-    else:
-        folder = Path(checkpoint)
-        if not folder.is_absolute() and not folder.exists():
-            folder = run_dir / "checkpoints" / checkpoint
-    if not folder.exists():
-        raise CheckpointError(f"checkpoint {folder} does not exist")
+    recipe, data = load_run_recipe(run_dir)
+    folder = resolve_checkpoint(run_dir, checkpoint)
+    from mercore.train import model_context
+
     corpus = recipe.data.build().load()
-    model = recipe.model.build(modality_dims=dict(corpus.modality_dims), num_classes=corpus.num_classes,
-                               num_speakers=corpus.num_speakers, label_names=list(corpus.label_names))
+    model = recipe.model.build(**model_context(corpus))
     ckpt.load_weights(folder, model)
     model.eval()
     return LoadedRun(run_dir=run_dir, checkpoint=folder, recipe=recipe, recipe_data=data, model=model,

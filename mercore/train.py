@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import signal
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import attrs
 import numpy as np
@@ -29,6 +29,7 @@ from mercore.metrics import classification_report
 from mercore.model_api import ModelOutput
 from mercore.progress import Progress
 from mercore.recipe import LoadedRecipe, Recipe
+from mercore.runs import load_run_weights, resolve_checkpoint
 from mercore.yaml_io import dump_yaml
 
 # Keys of the recipe that may differ between the interrupted run and its resumption.
@@ -69,15 +70,32 @@ def label_counts(corpus: Corpus, split: str = "train") -> torch.Tensor:
     return counts
 
 
-def build_components(recipe: Recipe, corpus: Corpus | None = None) -> Components:
-    """Load the data and build model, loss and distiller from the recipe's nodes."""
+def model_context(corpus: Corpus) -> dict[str, Any]:
+    """What a model (and a distiller) is built with besides its config: the data's shape and labels."""
+    return dict(modality_dims=dict(corpus.modality_dims), num_classes=corpus.num_classes,
+                num_speakers=corpus.num_speakers, label_names=list(corpus.label_names))
+
+
+def model_guides_at_eval(model: torch.nn.Module | Recipe) -> bool:
+    """Whether the model (built, or a recipe's) lets the teacher guide it at evaluation too (then evaluation
+    needs the distiller and its teacher)."""
+    config = model.model.config if isinstance(model, Recipe) else getattr(model, "config", None)
+    return bool(getattr(config, "guide_at_eval", False))
+
+
+def build_components(recipe: Recipe, corpus: Corpus | None = None, *, for_eval: bool = False) -> Components:
+    """Load the data and build model, loss and distiller from the recipe's nodes.
+
+    ``for_eval``: build the distiller only when the model needs the teacher at evaluation
+    (:func:`model_guides_at_eval`), so evaluating a student needs no teacher run otherwise.
+    """
     if corpus is None:
         corpus = recipe.data.build().load()
-    context = dict(modality_dims=dict(corpus.modality_dims), num_classes=corpus.num_classes,
-                   num_speakers=corpus.num_speakers, label_names=list(corpus.label_names))
+    context = model_context(corpus)
     model = recipe.model.build(**context)
     loss_fn = recipe.loss.build(num_classes=corpus.num_classes, train_label_counts=label_counts(corpus))
-    distiller = recipe.distiller.build(student=model, **context) if recipe.distiller is not None else None
+    want_distiller = recipe.distiller is not None and (not for_eval or model_guides_at_eval(model))
+    distiller = recipe.distiller.build(student=model, **context) if want_distiller else None
     return Components(corpus=corpus, model=model, loss_fn=loss_fn, distiller=distiller,
                       modalities=list(corpus.modality_dims))
 
@@ -105,7 +123,7 @@ def evaluate(c: Components, split: str, batch_size: int, device: torch.device) -
         c.distiller.eval()
     golds, preds, rows = [], [], []
     # The teacher's forward is needed at evaluation only by a model that lets it guide there.
-    guides_at_eval = bool(getattr(getattr(c.model, "config", None), "guide_at_eval", False))
+    guides_at_eval = model_guides_at_eval(c.model)
     for batch in iterate_batches(c.corpus.split(split), c.modalities, batch_size):
         batch = batch.to(device)
         teacher_out = c.distiller.teacher_output(batch) if c.distiller is not None and guides_at_eval else None
@@ -123,7 +141,12 @@ def evaluate(c: Components, split: str, batch_size: int, device: torch.device) -
 
 
 def _rng_state() -> dict[str, Any]:
-    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    """This process's global random state: torch (and CUDA), Python and NumPy, as tensors and plain values
+    (``trainer_state.pt`` is loaded with ``weights_only=True``, which refuses NumPy arrays)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate(),
+                             "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                                       "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -132,6 +155,10 @@ def _rng_state() -> dict[str, Any]:
 def _set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     random.setstate(state["python"])
+    if "numpy" in state:  # checkpoints written before NumPy's state was saved lack it
+        n = state["numpy"]
+        np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                             n["cached_gaussian"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
@@ -154,8 +181,45 @@ def _check_resume_recipe(saved: dict, current: dict) -> None:
                            "Resume with the same recipe and overrides, or start a new output_dir."])
 
 
+@attrs.define
+class LoopState:
+    """Where the training loop stands; saved in every checkpoint's trainer state and restored on resume."""
+
+    epoch: int = 0  # epochs finished
+    step_in_epoch: int = 0  # steps of the current epoch already trained
+    global_step: int = 0
+    best_score: float = -math.inf
+    best_epoch: int = -1
+    epoch_loss_sum: float = 0.0
+    epoch_loss_count: int = 0
+    epochs_without_improvement: int = 0
+
+    def start_next_epoch(self) -> None:
+        self.epoch += 1
+        self.step_in_epoch, self.epoch_loss_sum, self.epoch_loss_count = 0, 0.0, 0
+
+
+@attrs.define
+class TrainingSetup:
+    """What set-up builds once per run: the components on their device and the optimization around them."""
+
+    components: Components
+    device: torch.device
+    optimizer: torch.optim.Optimizer
+    scheduler: Any  # a torch LR scheduler, or None
+    train_model: torch.nn.Module  # the model, or its DDP wrapper under torchrun
+    train_set: list
+    steps_per_epoch: int
+
+
 class Trainer:
-    """Trains one recipe into its run directory; see the module docstring for the reproducibility contract."""
+    """Trains one recipe into its run directory; see the module docstring for the reproducibility contract.
+
+    :meth:`run` is set-up (:meth:`_set_up`, :meth:`_resume`), then per epoch :meth:`_train_epoch` and
+    :meth:`_end_epoch`, then :meth:`_finish`. Checkpoints are written by :meth:`_save` only; a stop request
+    (:attr:`_stop_requested`, set by the handler that :meth:`_stop_requests` installs) is honoured after the
+    current step.
+    """
 
     def __init__(self, loaded: LoadedRecipe, *, log: Callable[[str], None] = print):
         self.loaded = loaded
@@ -163,6 +227,7 @@ class Trainer:
         self.cfg = self.recipe.trainer
         self.run_dir = Path(self.recipe.output_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
+        self.metrics_path = self.run_dir / "metrics.jsonl"
         self.rank, self.world = dist.rank(), dist.world_size()
         self.is_main = self.rank == 0
         self._log = log
@@ -172,7 +237,51 @@ class Trainer:
         if self.is_main:
             self._log(msg)
 
+    def run(self) -> dict:
+        """Train, select on dev, evaluate the selected checkpoint on test, write ``results.json``."""
+        t_start = time.perf_counter()
+        setup = self._set_up()
+        state = self._resume(setup) if self.recipe.resume else LoopState()
+        if self.is_main:
+            self._keep_metrics_before(self.metrics_path, state.epoch)
+        with self._stop_requests():
+            while state.epoch < self.cfg.epochs:
+                t_epoch = time.perf_counter()
+                self._train_epoch(setup, state)
+                if self._end_epoch(setup, state, t_epoch):
+                    break
+        return self._finish(setup, state, time.perf_counter() - t_start)
+
     # -- set-up ----------------------------------------------------------------------------------------------
+    def _set_up(self) -> TrainingSetup:
+        """Threads, device and seeds; the run directory; the components, optimizer and scheduler."""
+        if self.cfg.threads:
+            torch.set_num_threads(self.cfg.threads)
+        device = resolve_device(self.cfg.device if not dist.is_distributed() else dist.device_for_rank(self.cfg.device))
+        seed_everything(self.recipe.seed)
+        self._prepare_run_dir()
+        c = build_components(self.recipe)
+        c.model.to(device)
+        if c.distiller is not None:
+            c.distiller.to(device)
+        train_set = c.corpus.split("train")
+        dev_set, test_set = c.corpus.split("dev"), c.corpus.split("test")  # fail now, not after training
+        params = list(c.model.named_parameters())
+        if c.distiller is not None:
+            params += [(f"distiller.{n}", p) for n, p in c.distiller.named_parameters()]
+        optimizer = self.recipe.optimizer.build(params=params)
+        steps_per_epoch = math.ceil(len(train_set) / self.cfg.batch_size)
+        scheduler = (self.recipe.scheduler.build(optimizer=optimizer, total_steps=steps_per_epoch * self.cfg.epochs)
+                     if self.recipe.scheduler is not None else None)
+        train_model = dist.wrap_model(c.model, device) if dist.is_distributed() else c.model
+        n_params = sum(p.numel() for p in c.model.parameters() if p.requires_grad)
+        self.log(f"data: {c.corpus.name} ({c.corpus.source}) modalities {c.modalities} "
+                 f"train/dev/test dialogues {len(train_set)}/{len(dev_set)}/{len(test_set)}")
+        self.log(f"model: {self.recipe.model.name} with {n_params:,} trainable parameters on {device}"
+                 + (f", {self.world} processes" if self.world > 1 else ""))
+        return TrainingSetup(components=c, device=device, optimizer=optimizer, scheduler=scheduler,
+                             train_model=train_model, train_set=train_set, steps_per_epoch=steps_per_epoch)
+
     def _prepare_run_dir(self) -> None:
         saved_recipe = self.run_dir / "recipe.yaml"
         has_run = self.ckpt_dir.exists() and any(self.ckpt_dir.iterdir())
@@ -195,134 +304,113 @@ class Trainer:
         data["trainer"].pop("resume_from", None)
         return data
 
-    # -- the loop --------------------------------------------------------------------------------------------
-    def run(self) -> dict:
-        """Train, select on dev, evaluate the selected checkpoint on test, write ``results.json``."""
-        t_start = time.perf_counter()
-        if self.cfg.threads:
-            torch.set_num_threads(self.cfg.threads)
-        device = resolve_device(self.cfg.device if not dist.is_distributed() else dist.device_for_rank(self.cfg.device))
-        seed_everything(self.recipe.seed)
-        self._prepare_run_dir()
-        c = build_components(self.recipe)
-        c.model.to(device)
+    # -- one epoch -------------------------------------------------------------------------------------------
+    def _train_epoch(self, setup: TrainingSetup, state: LoopState) -> None:
+        """Train the steps of epoch ``state.epoch`` not trained yet; on a stop request save and interrupt."""
+        c, epoch = setup.components, state.epoch
+        c.model.train()
         if c.distiller is not None:
-            c.distiller.to(device)
-        train_set = c.corpus.split("train")
-        c.corpus.split("dev"), c.corpus.split("test")  # fail now, not after training, when a split is missing
-        params = list(c.model.named_parameters())
-        if c.distiller is not None:
-            params += [(f"distiller.{n}", p) for n, p in c.distiller.named_parameters()]
-        optimizer = self.recipe.optimizer.build(params=params)
-        steps_per_epoch = math.ceil(len(train_set) / self.cfg.batch_size)
-        total_steps = steps_per_epoch * self.cfg.epochs
-        scheduler = (self.recipe.scheduler.build(optimizer=optimizer, total_steps=total_steps)
-                     if self.recipe.scheduler is not None else None)
-        train_model = dist.wrap_model(c.model, device) if dist.is_distributed() else c.model
-        n_params = sum(p.numel() for p in c.model.parameters() if p.requires_grad)
-        self.log(f"data: {c.corpus.name} ({c.corpus.source}) modalities {c.modalities} "
-                 f"train/dev/test dialogues {len(train_set)}/{len(c.corpus.split('dev'))}/{len(c.corpus.split('test'))}")
-        self.log(f"model: {self.recipe.model.name} with {n_params:,} trainable parameters on {device}"
-                 + (f", {self.world} processes" if self.world > 1 else ""))
+            c.distiller.train()
+        order = torch.Generator().manual_seed(self.recipe.seed * 1_000_003 + epoch)
+        batches = iterate_batches(setup.train_set, c.modalities, self.cfg.batch_size, generator=order)
+        bar = Progress(batches, setup.steps_per_epoch, desc=f"epoch {epoch + 1}/{self.cfg.epochs}",
+                       enabled=self.cfg.progress and self.is_main)
+        for step, batch in enumerate(bar):
+            if step < state.step_in_epoch:
+                continue  # already trained before the interruption
+            batch = dist.shard_batch(batch, self.rank, self.world).to(setup.device)
+            loss = self._train_step(setup, batch, step, state)
+            state.epoch_loss_sum += loss
+            state.epoch_loss_count += 1
+            state.step_in_epoch = step + 1
+            state.global_step += 1
+            bar.postfix = f"loss {loss:.4f}"
+            if dist.any_rank(self._stop_requested):  # every rank saves at the same step (the save is collective)
+                self._save(setup, state, reason="interrupted")
+                self.log(f"interrupted: saved a checkpoint at epoch {epoch + 1} step {step + 1}; "
+                         f"continue with: mercore run {self.loaded.source} resume=true output_dir={self.run_dir}")
+                raise KeyboardInterrupt
 
-        state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_score": -math.inf, "best_epoch": -1,
-                 "epoch_loss_sum": 0.0, "epoch_loss_count": 0, "epochs_without_improvement": 0}
-        if self.recipe.resume:
-            state = self._resume(c, optimizer, scheduler, state)
-
-        metrics_path = self.run_dir / "metrics.jsonl"
-        old_handler = signal.getsignal(signal.SIGINT)
-        if self.is_main:
-            self._keep_metrics_before(metrics_path, state["epoch"])
-        try:
-            signal.signal(signal.SIGINT, self._on_sigint)
-        except ValueError:  # not the main thread
-            pass
-        try:
-            while state["epoch"] < self.cfg.epochs:
-                epoch = state["epoch"]
-                t_epoch = time.perf_counter()
-                c.model.train()
-                if c.distiller is not None:
-                    c.distiller.train()
-                order = torch.Generator().manual_seed(self.recipe.seed * 1_000_003 + epoch)
-                batches = iterate_batches(train_set, c.modalities, self.cfg.batch_size, generator=order)
-                bar = Progress(batches, steps_per_epoch, desc=f"epoch {epoch + 1}/{self.cfg.epochs}",
-                               enabled=self.cfg.progress and self.is_main)
-                for step, batch in enumerate(bar):
-                    if step < state["step_in_epoch"]:
-                        continue  # already trained before the interruption
-                    batch = dist.shard_batch(batch, self.rank, self.world).to(device)
-                    loss, terms = self._train_step(c, train_model, batch, optimizer, scheduler, epoch, step, state)
-                    state["epoch_loss_sum"] += loss
-                    state["epoch_loss_count"] += 1
-                    state["step_in_epoch"] = step + 1
-                    state["global_step"] += 1
-                    bar.postfix = f"loss {loss:.4f}"
-                    if self._stop_requested:
-                        self._save(c, optimizer, scheduler, state, reason="interrupted")
-                        self.log(f"interrupted: saved a checkpoint at epoch {epoch + 1} step {step + 1}; "
-                                 f"continue with: mercore run {self.loaded.source} resume=true output_dir={self.run_dir}")
-                        raise KeyboardInterrupt
-                dev, _ = evaluate(c, "dev", self.cfg.eval_batch_size, device)
-                test, _ = evaluate(c, "test", self.cfg.eval_batch_size, device)
-                score = dev[self.cfg.select_metric]
-                improved = score > state["best_score"]
-                train_loss = state["epoch_loss_sum"] / max(state["epoch_loss_count"], 1)
-                record = {"epoch": epoch + 1, "train_loss": train_loss, "lr": optimizer.param_groups[0]["lr"],
-                          "dev": _summary(dev), "test": _summary(test), "selected": improved,
-                          "seconds": round(time.perf_counter() - t_epoch, 3)}
-                if improved:
-                    state["best_score"], state["best_epoch"] = score, epoch + 1
-                    state["epochs_without_improvement"] = 0
-                    if self.is_main:
-                        ckpt.write_checkpoint(self.ckpt_dir / "best", model=c.model, extra=c.distiller,
-                                              info={"epoch": epoch + 1, "dev": _summary(dev)})
-                else:
-                    state["epochs_without_improvement"] += 1
-                state.update(epoch=epoch + 1, step_in_epoch=0, epoch_loss_sum=0.0, epoch_loss_count=0)
-                if self.is_main:
-                    with open(metrics_path, "a") as f:
-                        f.write(json.dumps(record) + "\n")
-                self._save(c, optimizer, scheduler, state, reason="epoch")
-                self.log(f"epoch {epoch + 1:3d}/{self.cfg.epochs}  loss {train_loss:.4f}  "
-                         f"dev acc {dev['accuracy']:.4f} wF1 {dev['weighted_f1']:.4f}  "
-                         f"test acc {test['accuracy']:.4f} wF1 {test['weighted_f1']:.4f}  "
-                         f"{record['seconds']:.1f}s{'  *' if improved else ''}")
-                if self.cfg.patience is not None and state["epochs_without_improvement"] >= self.cfg.patience:
-                    self.log(f"early stop: no dev {self.cfg.select_metric} improvement for {self.cfg.patience} epochs")
-                    break
-        finally:
-            try:
-                signal.signal(signal.SIGINT, old_handler)
-            except ValueError:
-                pass
-        return self._finish(c, device, state, time.perf_counter() - t_start)
-
-    def _train_step(self, c, train_model, batch, optimizer, scheduler, epoch, step, state) -> tuple[float, dict]:
-        _, terms = forward_batch(c, batch, model=train_model)
-        total = sum(terms.values())
-        total = dist.scale_loss(total, batch)
+    def _train_step(self, setup: TrainingSetup, batch: DialogueBatch, step: int, state: LoopState) -> float:
+        """One optimizer step on ``batch`` (this rank's share); the global batch's loss."""
+        _, terms = forward_batch(setup.components, batch, model=setup.train_model)
+        total = dist.scale_loss(sum(terms.values()), batch)
+        where = f"epoch {state.epoch + 1}, step {step + 1}"
         if not torch.isfinite(total):
             shown = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in terms.items())
             last = ckpt.latest_folder(self.ckpt_dir)
             raise TrainingError(
-                f"non-finite loss at epoch {epoch + 1}, step {step + 1} (global step {state['global_step'] + 1}), "
+                f"non-finite loss at {where} (global step {state.global_step + 1}), "
                 f"dialogues {batch.dialogue_ids[:4]}{'...' if len(batch.dialogue_ids) > 4 else ''}: {shown}. "
                 f"The last good checkpoint is kept: {last if last else 'none yet'}. "
                 "Lower the learning rate, enable trainer.grad_clip, or check the input features for NaN.")
+        optimizer = setup.optimizer
         optimizer.zero_grad(set_to_none=True)
         total.backward()
         if self.cfg.grad_clip is not None:
             params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
             norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
             if not torch.isfinite(norm):
-                raise TrainingError(f"non-finite gradient norm at epoch {epoch + 1}, step {step + 1}; "
+                raise TrainingError(f"non-finite gradient norm at {where}; "
                                     f"loss terms: {', '.join(f'{k}={float(v.detach()):.4g}' for k, v in terms.items())}")
         optimizer.step()
-        if scheduler is not None:
-            scheduler.step()
-        return float(dist.mean_across_ranks(total.detach())), terms
+        if setup.scheduler is not None:
+            setup.scheduler.step()
+        return float(dist.mean_across_ranks(total.detach()))
+
+    # -- end of epoch ----------------------------------------------------------------------------------------
+    def _end_epoch(self, setup: TrainingSetup, state: LoopState, t_epoch: float) -> bool:
+        """Evaluate, keep the best checkpoint, log the epoch, save; True when early stopping ends the run."""
+        c, epoch = setup.components, state.epoch
+        dev, _ = evaluate(c, "dev", self.cfg.eval_batch_size, setup.device)
+        test, _ = evaluate(c, "test", self.cfg.eval_batch_size, setup.device)
+        score = dev[self.cfg.select_metric]
+        improved = score > state.best_score
+        train_loss = state.epoch_loss_sum / max(state.epoch_loss_count, 1)
+        record = {"epoch": epoch + 1, "train_loss": train_loss, "lr": setup.optimizer.param_groups[0]["lr"],
+                  "dev": _summary(dev), "test": _summary(test), "selected": improved,
+                  "seconds": round(time.perf_counter() - t_epoch, 3)}
+        if improved:
+            state.best_score, state.best_epoch = score, epoch + 1
+            state.epochs_without_improvement = 0
+            if self.is_main:
+                ckpt.write_checkpoint(self.ckpt_dir / "best", model=c.model, extra=c.distiller,
+                                      info={"epoch": epoch + 1, "dev": _summary(dev)})
+        else:
+            state.epochs_without_improvement += 1
+        state.start_next_epoch()
+        if self.is_main:
+            with open(self.metrics_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+        self._save(setup, state, reason="epoch")
+        self.log(f"epoch {epoch + 1:3d}/{self.cfg.epochs}  loss {train_loss:.4f}  "
+                 f"dev acc {dev['accuracy']:.4f} wF1 {dev['weighted_f1']:.4f}  "
+                 f"test acc {test['accuracy']:.4f} wF1 {test['weighted_f1']:.4f}  "
+                 f"{record['seconds']:.1f}s{'  *' if improved else ''}")
+        if self.cfg.patience is not None and state.epochs_without_improvement >= self.cfg.patience:
+            self.log(f"early stop: no dev {self.cfg.select_metric} improvement for {self.cfg.patience} epochs")
+            return True
+        return False
+
+    # -- stop requests ---------------------------------------------------------------------------------------
+    @contextmanager
+    def _stop_requests(self) -> Iterator[None]:
+        """While training, SIGINT (Ctrl-C) asks for a checkpoint after the current step (:meth:`_on_sigint`).
+
+        Other stop signals belong here too: install their handler next to SIGINT's and restore it after.
+        """
+        old_handler = signal.getsignal(signal.SIGINT)
+        try:
+            signal.signal(signal.SIGINT, self._on_sigint)
+        except ValueError:  # not the main thread: no handler, Ctrl-C stops at once
+            pass
+        try:
+            yield
+        finally:
+            try:
+                signal.signal(signal.SIGINT, old_handler)
+            except ValueError:
+                pass
 
     def _on_sigint(self, signum, frame) -> None:
         if self._stop_requested:  # a second Ctrl-C: stop now
@@ -331,31 +419,36 @@ class Trainer:
         self.log("\nCtrl-C: finishing this step and saving a checkpoint (press again to abort without saving)")
 
     # -- checkpoints -----------------------------------------------------------------------------------------
-    def _save(self, c: Components, optimizer, scheduler, state: dict, reason: str) -> None:
-        if not self.is_main:
-            return
-        trainer_state = {
-            "state": dict(state),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict() if scheduler is not None else None,
-            "rng": _rng_state(),
-        }
-        name = f"epoch-{state['epoch']:04d}" + (f"-step-{state['step_in_epoch']:06d}" if state["step_in_epoch"] else "")
-        folder = ckpt.write_checkpoint(self.ckpt_dir / name, model=c.model, extra=c.distiller,
-                                       trainer_state=trainer_state, info={"reason": reason, **{
-                                           k: state[k] for k in ("epoch", "step_in_epoch", "global_step")}})
-        ckpt.set_latest(self.ckpt_dir, folder)
-        ckpt.prune(self.ckpt_dir, self.cfg.keep_checkpoints)
+    def _save(self, setup: TrainingSetup, state: LoopState, reason: str) -> None:
+        """Write ``epoch-NNNN[-step-NNNNNN]`` (rank 0) with every rank's random state; every rank returns
+        only once the checkpoint is complete. Called by every rank at the same step."""
+        rng_ranks = dist.gather_to_main(_rng_state())  # [rank 0, rank 1, ...] on rank 0, None elsewhere
+        if self.is_main:
+            trainer_state = {
+                "state": attrs.asdict(state),
+                "optimizer": setup.optimizer.state_dict(),
+                "scheduler": setup.scheduler.state_dict() if setup.scheduler is not None else None,
+                "rng": rng_ranks[0],  # rank 0's, as read by checkpoints of one process before rng_ranks
+                "rng_ranks": rng_ranks,
+            }
+            name = f"epoch-{state.epoch:04d}" + (f"-step-{state.step_in_epoch:06d}" if state.step_in_epoch else "")
+            c = setup.components
+            folder = ckpt.write_checkpoint(self.ckpt_dir / name, model=c.model, extra=c.distiller,
+                                           trainer_state=trainer_state,
+                                           info={"reason": reason, "epoch": state.epoch,
+                                                 "step_in_epoch": state.step_in_epoch,
+                                                 "global_step": state.global_step})
+            ckpt.set_latest(self.ckpt_dir, folder)
+            ckpt.prune(self.ckpt_dir, self.cfg.keep_checkpoints)
+        dist.barrier()
 
-    def _resume(self, c: Components, optimizer, scheduler, state: dict) -> dict:
-        if self.cfg.resume_from:
-            folder = Path(self.cfg.resume_from)
-            folder = folder if folder.is_absolute() or folder.exists() else self.ckpt_dir / folder
-        else:
-            folder = ckpt.latest_folder(self.ckpt_dir)
+    def _resume(self, setup: TrainingSetup) -> LoopState:
+        """The loop state, weights, optimizer, scheduler and random state of the checkpoint to resume from."""
+        folder = (resolve_checkpoint(self.run_dir, self.cfg.resume_from) if self.cfg.resume_from
+                  else ckpt.latest_folder(self.ckpt_dir))
         if folder is None:
             self.log(f"resume=true but {self.ckpt_dir} has no checkpoint yet: starting from the beginning")
-            return state
+            return LoopState()
         try:
             ckpt.verify_checkpoint(folder)
         except CheckpointError as exc:
@@ -363,17 +456,26 @@ class Trainer:
             hint = (f" The previous good checkpoint is {good[0]}: resume from it with trainer.resume_from={good[0].name}"
                     if good else " No other good checkpoint exists.")
             raise CheckpointError(f"{exc}.{hint}") from None
-        ckpt.load_weights(folder, c.model, verify=False)
-        if c.distiller is not None and (folder / "extra.safetensors").exists():
-            ckpt.load_weights(folder, c.distiller, file="extra.safetensors", verify=False)
+        load_run_weights(folder, setup.components.model, setup.components.distiller, verify=False)
         ts = ckpt.load_trainer_state(folder)
-        optimizer.load_state_dict(ts["optimizer"])
-        if scheduler is not None and ts.get("scheduler") is not None:
-            scheduler.load_state_dict(ts["scheduler"])
-        _set_rng_state(ts["rng"])
-        state = dict(ts["state"])
-        self.log(f"resumed from {folder} (epoch {state['epoch']}, step {state['step_in_epoch']} of that epoch)")
+        setup.optimizer.load_state_dict(ts["optimizer"])
+        if setup.scheduler is not None and ts.get("scheduler") is not None:
+            setup.scheduler.load_state_dict(ts["scheduler"])
+        self._restore_rng(ts)
+        state = LoopState(**ts["state"])
+        self.log(f"resumed from {folder} (epoch {state.epoch}, step {state.step_in_epoch} of that epoch)")
         return state
+
+    def _restore_rng(self, trainer_state: dict) -> None:
+        """This rank's random state from the checkpoint (rank 0's in checkpoints written before rng_ranks)."""
+        ranks = trainer_state.get("rng_ranks")
+        if ranks is not None and len(ranks) == self.world:
+            _set_rng_state(ranks[self.rank])
+            return
+        if ranks is not None:
+            self.log(f"warning: the checkpoint was written by {len(ranks)} processes and is resumed by {self.world}: "
+                     "every rank continues from rank 0's random state, so the run is not an exact continuation")
+        _set_rng_state(trainer_state["rng"])
 
     @staticmethod
     def _keep_metrics_before(path: Path, epoch: int) -> None:
@@ -384,15 +486,14 @@ class Trainer:
         ckpt.atomic_write_text(path, "".join(line + "\n" for line in keep))
 
     # -- the end ---------------------------------------------------------------------------------------------
-    def _finish(self, c: Components, device: torch.device, state: dict, seconds: float) -> dict:
+    def _finish(self, setup: TrainingSetup, state: LoopState, seconds: float) -> dict:
+        """Evaluate the best checkpoint on dev and test; write results, test predictions and the confusion plot."""
+        c = setup.components
         dist.barrier()  # rank 0 may still be writing best/
-        best = self.ckpt_dir / "best"
-        ckpt.load_weights(best, c.model)
-        if c.distiller is not None and (best / "extra.safetensors").exists():
-            ckpt.load_weights(best, c.distiller, file="extra.safetensors")
-        dev, _ = evaluate(c, "dev", self.cfg.eval_batch_size, device)
-        test, rows = evaluate(c, "test", self.cfg.eval_batch_size, device)
-        history = [json.loads(line) for line in (self.run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        load_run_weights(self.ckpt_dir / "best", c.model, c.distiller)
+        dev, _ = evaluate(c, "dev", self.cfg.eval_batch_size, setup.device)
+        test, rows = evaluate(c, "test", self.cfg.eval_batch_size, setup.device)
+        history = [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()]
         best_test = max(history, key=lambda r: r["test"][self.cfg.select_metric]) if history else None
         results = {
             "recipe": self.loaded.source,
@@ -401,8 +502,8 @@ class Trainer:
             "seed": self.recipe.seed,
             "label_names": list(c.corpus.label_names),
             "selected_on": f"dev {self.cfg.select_metric}",
-            "best_epoch": state["best_epoch"],
-            "epochs_run": state["epoch"],
+            "best_epoch": state.best_epoch,
+            "epochs_run": state.epoch,
             "dev": dev,
             "test": test,
             # SDT's scripts report the best test epoch; given for comparison with the literature only.
@@ -410,15 +511,17 @@ class Trainer:
             "train_seconds": round(seconds, 2),
         }
         if self.is_main:
-            ckpt.atomic_write_text(self.run_dir / "results.json", json.dumps(results, indent=2) + "\n")
-            ckpt.atomic_write_text(self.run_dir / "predictions_test.jsonl",
-                                   "".join(json.dumps(r) + "\n" for r in rows))
-            from mercore.plots import save_confusion_matrix
-
-            save_confusion_matrix(test["confusion_matrix"], c.corpus.label_names,
-                                  self.run_dir / "confusion_matrix_test.png",
-                                  title=f"{c.corpus.name} test (epoch {state['best_epoch']}, wF1 {test['weighted_f1']:.3f})")
+            self._write_results(results, rows, c, state)
         return results
+
+    def _write_results(self, results: dict, rows: list[dict], c: Components, state: LoopState) -> None:
+        ckpt.atomic_write_text(self.run_dir / "results.json", json.dumps(results, indent=2) + "\n")
+        ckpt.atomic_write_text(self.run_dir / "predictions_test.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+        from mercore.plots import save_confusion_matrix
+
+        test = results["test"]
+        save_confusion_matrix(test["confusion_matrix"], c.corpus.label_names, self.run_dir / "confusion_matrix_test.png",
+                              title=f"{c.corpus.name} test (epoch {state.best_epoch}, wF1 {test['weighted_f1']:.3f})")
 
 
 def _summary(report: dict) -> dict:

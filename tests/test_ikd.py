@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import json
 from pathlib import Path
 
 import pytest
@@ -127,9 +126,17 @@ def test_student_anchored_on_the_teacher_modality_is_accepted():
     distiller(student, model(seed=1))
 
 
-def test_teacher_recipe_needs_a_teacher_directory():
-    _, problems = validate_node("distiller", {"type": "ikd", "teacher_recipe": "t.yaml"}, get_registry())
-    assert any("teacher_recipe needs teacher" in str(p) for p in problems)
+def test_an_unfinished_teacher_is_refused_naming_the_folder_and_the_command(tmp_path: Path):
+    # ikd only loads a teacher; training one is the engine's stage (tests/engine/test_stages.py).
+    node, _ = validate_node("distiller", {"type": "ikd", "teacher": str(tmp_path / "t"),
+                                          "teacher_recipe": "old.yaml"}, get_registry())
+    with pytest.raises(ConfigError) as info:
+        node.build(student=model(), num_classes=C, label_names=LABELS, modality_dims=DIMS)
+    msg = str(info.value)
+    assert f"the teacher run '{tmp_path / 't'}' does not exist" in msg and "never trains one" in msg
+    assert f"mercore run TEACHER_RECIPE output_dir={tmp_path / 't'}" in msg
+    assert "distiller.teacher_recipe (old.yaml) no longer trains it" in msg
+    assert not (tmp_path / "t").exists()
 
 
 def test_no_teacher_is_a_clear_error():
@@ -183,103 +190,3 @@ def test_teacher_run_directory_end_to_end(tmp_path: Path):
     student_keys = set(load_file(str(best / "model.safetensors")))
     assert "fusion.anchor_layer.attn.to_q.weight" in student_keys and "encoders.audio.embed.proj.weight" in student_keys
     assert not any("teacher" in k for k in student_keys)
-
-
-# The student trains its own teacher first (distiller.teacher_recipe), in one run; interpolation passes the
-# student's seed and output_dir on.
-TEACHER_RECIPE = """\
-data: {type: "toy_components:ToyDataset", num_dialogues: 8, dim: 6, modalities: [text, audio]}
-model:
-  type: multimodal
-  modalities: [text]
-  hidden: 8
-  encoder: {type: transformer, heads: 2}
-optimizer: {type: adam, lr: 1e-2}
-trainer: {epochs: 2, batch_size: 4, progress: false}
-seed: 0
-output_dir: runs/never_used
-"""
-
-ONE_COMMAND_STUDENT = """\
-data: {{type: "toy_components:ToyDataset", num_dialogues: 8, dim: 6, modalities: [text, audio]}}
-model:
-  type: multimodal
-  modalities: [text, audio]
-  hidden: 8
-  encoder: {{type: transformer, heads: 2}}
-  fusion: {{type: hcmf, heads: 2}}
-distiller:
-  type: ikd
-  teacher: ${{output_dir}}/teacher
-  teacher_recipe: {teacher_recipe}
-  teacher_overrides: ["seed=${{seed}}", "output_dir=somewhere/else"]
-optimizer: {{type: adam, lr: 1e-2}}
-trainer: {{epochs: 1, batch_size: 4, progress: false}}
-seed: 3
-output_dir: {out}
-"""
-
-
-@pytest.mark.slow
-def test_teacher_recipe_trains_the_teacher_then_the_student(tmp_path: Path):
-    from mercore.recipe import load_recipe
-    from mercore.train import Trainer
-    from mercore.yaml_io import parse_yaml
-
-    teacher_recipe = write_recipe(tmp_path / "teacher.yaml", TEACHER_RECIPE)
-    student_yaml = write_recipe(tmp_path / "s.yaml", ONE_COMMAND_STUDENT.format(
-        teacher_recipe=teacher_recipe, out=tmp_path / "student"))
-    logs: list[str] = []
-    results = Trainer(load_recipe(student_yaml), log=logs.append).run()
-    assert "test" in results
-    teacher_dir = tmp_path / "student" / "teacher"
-    teacher_results = json.loads((teacher_dir / "results.json").read_text())
-    assert teacher_results["epochs_run"] == 2 and teacher_results["seed"] == 3  # seed=${seed} reached it
-    saved, _ = parse_yaml((teacher_dir / "recipe.yaml").read_text())
-    assert saved["output_dir"] == str(teacher_dir)  # ikd's output_dir wins over the overrides'
-    assert not (tmp_path / "somewhere").exists()
-    assert (tmp_path / "student" / "results.json").exists()
-
-    # A finished teacher is loaded, not retrained; the student's result does not depend on whether the teacher
-    # was trained in the same process (the global random state is restored after the teacher's training).
-    again = Trainer(load_recipe(student_yaml, ["output_dir=" + str(tmp_path / "student2"),
-                                               "distiller.teacher=" + str(teacher_dir)]), log=logs.append).run()
-    assert again["test"] == results["test"]
-    assert json.loads((teacher_dir / "results.json").read_text()) == teacher_results
-
-
-@pytest.mark.slow
-def test_teacher_recipe_resumes_an_interrupted_teacher(tmp_path: Path, capsys):
-    from mercore.recipe import load_recipe
-    from mercore.train import Trainer
-
-    teacher_recipe = write_recipe(tmp_path / "teacher.yaml", TEACHER_RECIPE)
-    teacher_dir = tmp_path / "student" / "teacher"
-    # An interrupted teacher: killed after its first of two epochs was checkpointed, so no results.json.
-    def die_after_epoch_1(msg: str) -> None:
-        if msg.startswith("epoch   1/2"):
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        Trainer(load_recipe(teacher_recipe, [f"output_dir={teacher_dir}", "seed=3"]), log=die_after_epoch_1).run()
-    assert not (teacher_dir / "results.json").exists()
-    student_yaml = write_recipe(tmp_path / "s.yaml", ONE_COMMAND_STUDENT.format(
-        teacher_recipe=teacher_recipe, out=tmp_path / "student"))
-    Trainer(load_recipe(student_yaml), log=lambda m: None).run()
-    out = capsys.readouterr().out
-    assert "[teacher] resuming the interrupted teacher" in out
-    assert "[teacher] resumed from" in out
-    metrics = [json.loads(line) for line in (teacher_dir / "metrics.jsonl").read_text().splitlines()]
-    assert [m["epoch"] for m in metrics] == [1, 2]  # epoch 1 kept, only epoch 2 trained
-    assert json.loads((teacher_dir / "results.json").read_text())["epochs_run"] == 2
-
-
-def test_teacher_recipe_restores_the_global_random_state(tmp_path: Path):
-    from mercore_summer.ikd import train_teacher
-
-    teacher_recipe = write_recipe(tmp_path / "teacher.yaml", TEACHER_RECIPE)
-    torch.manual_seed(123)
-    before = torch.get_rng_state()
-    results = train_teacher(str(teacher_recipe), str(tmp_path / "t"), ["trainer.epochs=1"], log=lambda m: None)
-    assert results["epochs_run"] == 1 and (tmp_path / "t" / "results.json").exists()
-    assert torch.equal(torch.get_rng_state(), before)

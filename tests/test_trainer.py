@@ -148,11 +148,11 @@ def test_nan_after_a_checkpoint_keeps_the_last_good_one(tmp_path, monkeypatch):
     original = Trainer._train_step
     calls = {"n": 0}
 
-    def poison(self, c, model, batch, *args, **kwargs):
+    def poison(self, setup, batch, *args, **kwargs):
         calls["n"] += 1
         if calls["n"] == 6:
             batch.features["text"][:] = float("nan")
-        return original(self, c, model, batch, *args, **kwargs)
+        return original(self, setup, batch, *args, **kwargs)
 
     monkeypatch.setattr(Trainer, "_train_step", poison)
     with pytest.raises(TrainingError, match="last good checkpoint is kept: .*epoch-0001"):

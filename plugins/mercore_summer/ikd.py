@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import json
-import random
 from pathlib import Path
 from typing import Any
 
 import attrs
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -46,25 +43,19 @@ class IKDistiller(nn.Module):
     The task loss (cross-entropy with label smoothing) is the recipe's ``loss``. Terms whose weight is 0 are
     not computed. The paper gives neither T nor the weights (SDT used T = 1 on IEMOCAP and 8 on MELD).
 
-    **Teacher and student in one command** (``teacher_recipe``): when the run directory ``teacher`` holds no
-    finished run (no ``results.json``) and ``teacher_recipe`` is set, building the distiller first trains the
-    teacher, ``mercore.train.Trainer(mercore.recipe.load_recipe(teacher_recipe, teacher_overrides +
-    ["output_dir=<teacher>"]))``, then loads it as above. A teacher directory that holds an interrupted run
-    (checkpoints but no ``results.json``) is resumed (``resume=true`` is added), so re-running the student's
-    command after a kill continues where the teacher stopped; a finished teacher is only loaded, never
-    retrained. ``output_dir`` is always ``teacher`` (it overrides any ``output_dir`` in ``teacher_overrides``);
-    pass the rest through ``teacher_overrides``, usually by interpolation in the student's recipe::
+    **The teacher is only loaded, never trained here.** ``teacher`` must hold a finished run (its
+    ``results.json``); otherwise building the distiller raises a :class:`~mercore.errors.ConfigError` naming the
+    folder and the command that makes it. To train teacher and student in one command, declare the teacher
+    as a stage of the student's recipe (the engine trains it first, see :mod:`mercore.stages`)::
 
+        stages:
+          teacher: {recipe: text_sdmoe_iemocap.yaml, output_dir: "${output_dir}/teacher"}
         distiller:
           type: ikd
-          teacher: ${output_dir}/teacher
-          teacher_recipe: recipes/text_sdmoe_iemocap.yaml
-          teacher_overrides: ["data.root=${data.root}", "seed=${seed}"]
+          teacher: ${stages.teacher.output_dir}
 
-    Relative paths are relative to the working directory, as everywhere in a recipe. The global random state
-    (torch, Python, NumPy, CUDA) and torch's thread count are restored after the teacher's training, so the
-    student trains exactly as it would with a teacher trained beforehand. Note that anything that builds the
-    distiller (``mercore run``, ``mercore validate --build``) trains a missing teacher.
+    Evaluating a student needs no teacher unless its model lets the teacher guide at evaluation
+    (``guide_at_eval``); ``mercore eval`` builds the distiller only then.
 
     The teacher is refused, with both values named, when its number of classes or label names differ from the
     student's, when ``teacher_modality`` is not among the student's modalities or the teacher was built on
@@ -85,12 +76,10 @@ class IKDistiller(nn.Module):
         judge_weight: float = option(1.0, help="weight of the CE of the teacher's head on the projected student features")
         student_feature: str = option("final", help="the student's features[...] entry that is projected")
         projection: bool = option(True, help="learn Linear(H_student, H_teacher) (false: identity, equal sizes)")
+        # Read, never acted on: run directories written before stages moved into the engine record these.
         teacher_recipe: str | None = option(
-            None, help="recipe that trains the teacher into `teacher` first when it has no finished run "
-                       "(no results.json); an interrupted teacher run is resumed")
-        teacher_overrides: list[str] = option(
-            factory=list, help="overrides for teacher_recipe (e.g. [\"data.root=${data.root}\", \"seed=${seed}\"]); "
-                               "output_dir is always `teacher`")
+            None, help="deprecated, ignored: declare the teacher as a stage of the recipe (stages.teacher)")
+        teacher_overrides: list[str] = option(factory=list, help="deprecated, ignored (see teacher_recipe)")
 
         def __attrs_post_init__(self) -> None:
             if self.temperature <= 0:
@@ -98,8 +87,6 @@ class IKDistiller(nn.Module):
             for name in ("logit_weight", "latent_weight", "judge_weight"):
                 if getattr(self, name) < 0:
                     raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-            if self.teacher_recipe is not None and not self.teacher:
-                raise ValueError("teacher_recipe needs teacher: the run directory to train the teacher into")
 
     def __init__(self, config: Config, *, student: nn.Module, num_classes: int, label_names: list[str] | None = None,
                  modality_dims: dict[str, int] | None = None, teacher_model: nn.Module | None = None, **_: object):
@@ -114,8 +101,7 @@ class IKDistiller(nn.Module):
         elif config.teacher:
             import mercore
 
-            if config.teacher_recipe is not None and not (Path(config.teacher) / "results.json").exists():
-                train_teacher(config.teacher_recipe, config.teacher, config.teacher_overrides)
+            _require_finished_teacher(Path(config.teacher), config.teacher_recipe)
             loaded = mercore.load(config.teacher, checkpoint=config.checkpoint)
             teacher = loaded.model
             teacher_labels = list(loaded.label_names)
@@ -229,47 +215,23 @@ class IKDistiller(nn.Module):
         return terms
 
 
-def _teacher_has_checkpoint(run_dir: Path) -> bool:
-    folder = run_dir / "checkpoints"
-    return folder.is_dir() and any(folder.iterdir())
+def _require_finished_teacher(folder: Path, deprecated_recipe: str | None) -> None:
+    """Raise a ConfigError naming ``folder`` and the command that makes it, unless it holds a finished run."""
+    if (folder / "results.json").exists():
+        return
+    has_checkpoints = (folder / "checkpoints").is_dir() and any((folder / "checkpoints").iterdir())
+    if has_checkpoints and (folder / "recipe.yaml").exists():
+        state = "holds an interrupted run (checkpoints, no results.json)"
+        make = f"continue it with `mercore run {folder / 'recipe.yaml'} resume=true`"
+    else:
+        state = "does not exist" if not folder.exists() else "holds no finished run (no results.json)"
+        make = f"train it with `mercore run TEACHER_RECIPE output_dir={folder}`"
+    moved = (f" distiller.teacher_recipe ({deprecated_recipe}) no longer trains it: the engine trains stages now "
+             "(stages: {teacher: {recipe: ..., output_dir: ...}})." if deprecated_recipe else "")
+    raise ConfigError([
+        f"distiller.teacher: the teacher run {str(folder)!r} {state}; ikd only loads a finished teacher and never "
+        f"trains one. Run the recipe that declares it as a stage with `mercore run` (its stage plan names it), or "
+        f"{make}.{moved}"])
 
 
-def train_teacher(recipe: str, run_dir: str, overrides: list[str] | None = None, *, log: Any = None) -> dict:
-    """Train the teacher ``recipe`` into ``run_dir`` (resuming an interrupted run there); return its results.
-
-    ``overrides`` are applied first, then ``output_dir=<run_dir>`` (and ``resume=true`` when ``run_dir``
-    already holds checkpoints). The global random state and torch's thread count are restored afterwards.
-    """
-    from mercore import distributed as dist
-    from mercore.recipe import load_recipe
-    from mercore.train import Trainer
-
-    path = Path(run_dir)
-    resume = _teacher_has_checkpoint(path)
-    full = [*(overrides or []), f"output_dir={json.dumps(str(run_dir))}"] + (["resume=true"] if resume else [])
-    loaded = load_recipe(recipe, full)
-    if log is None:
-        def log(msg: str) -> None:
-            print(f"[teacher] {msg}", flush=True)
-    log(f"{'resuming the interrupted' if resume else 'training the'} teacher {recipe} into {run_dir} "
-        "(ikd teacher_recipe)")
-    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate(),
-                             "numpy": np.random.get_state(), "threads": torch.get_num_threads()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    try:
-        results = Trainer(loaded, log=log).run()
-    finally:
-        torch.set_rng_state(state["torch"])
-        random.setstate(state["python"])
-        np.random.set_state(state["numpy"])
-        torch.set_num_threads(state["threads"])
-        if "cuda" in state:
-            torch.cuda.set_rng_state_all(state["cuda"])
-    dist.barrier()  # every rank loads the teacher only once rank 0 has written it
-    log(f"teacher done: test weighted F1 {results['test']['weighted_f1']:.4f} (epoch {results['best_epoch']}); "
-        "loading it as the frozen teacher")
-    return results
-
-
-__all__ = ["IKDistiller", "train_teacher"]
+__all__ = ["IKDistiller"]
