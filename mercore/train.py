@@ -22,9 +22,10 @@ import torch
 
 from mercore import checkpoint as ckpt
 from mercore import distributed as dist
+from mercore import metrics_log, run_lock, stop_signals  # runsafe: lock, stop signals, metrics.jsonl
 from mercore.config import config_to_dict
 from mercore.data.types import PAD_LABEL, Corpus, DialogueBatch, iterate_batches
-from mercore.errors import CheckpointError, ConfigError, TrainingError
+from mercore.errors import CheckpointError, ConfigError, StorageError, TrainingError
 from mercore.metrics import classification_report
 from mercore.model_api import ModelOutput
 from mercore.progress import Progress
@@ -167,6 +168,7 @@ class Trainer:
         self.is_main = self.rank == 0
         self._log = log
         self._stop_requested = False
+        self._stop_signum = 0  # runsafe: the signal that asked to stop
 
     def log(self, msg: str) -> None:
         if self.is_main:
@@ -197,7 +199,25 @@ class Trainer:
 
     # -- the loop --------------------------------------------------------------------------------------------
     def run(self) -> dict:
-        """Train, select on dev, evaluate the selected checkpoint on test, write ``results.json``."""
+        """Train, select on dev, evaluate the selected checkpoint on test, write ``results.json``.
+
+        The run directory is locked for the whole run (a second run on it is refused; see run_lock.py).
+        """
+        # runsafe: hold the run-directory lock around the run; only rank 0 writes the folder
+        lock = run_lock.RunLock(self.recipe.output_dir, log=self.log) if self.is_main else None
+        if lock is not None:
+            lock.acquire()
+        try:
+            return self._run_locked()
+        except OSError as exc:  # an OS error on a write that no narrower handler named: still name the path
+            raise StorageError(f"OS error during the run in {self.run_dir}: {exc.strerror or exc} "
+                               f"({exc.filename or self.run_dir}); the last complete "
+                               "checkpoint is intact: fix the cause, then continue with resume=true") from None
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _run_locked(self) -> dict:
         t_start = time.perf_counter()
         if self.cfg.threads:
             torch.set_num_threads(self.cfg.threads)
@@ -231,13 +251,9 @@ class Trainer:
             state = self._resume(c, optimizer, scheduler, state)
 
         metrics_path = self.run_dir / "metrics.jsonl"
-        old_handler = signal.getsignal(signal.SIGINT)
         if self.is_main:
             self._keep_metrics_before(metrics_path, state["epoch"])
-        try:
-            signal.signal(signal.SIGINT, self._on_sigint)
-        except ValueError:  # not the main thread
-            pass
+        restore_signals = stop_signals.install(self._on_stop_signal)  # runsafe: SIGINT, SIGTERM, SIGHUP
         try:
             while state["epoch"] < self.cfg.epochs:
                 epoch = state["epoch"]
@@ -261,9 +277,7 @@ class Trainer:
                     bar.postfix = f"loss {loss:.4f}"
                     if self._stop_requested:
                         self._save(c, optimizer, scheduler, state, reason="interrupted")
-                        self.log(f"interrupted: saved a checkpoint at epoch {epoch + 1} step {step + 1}; "
-                                 f"continue with: mercore run {self.loaded.source} resume=true output_dir={self.run_dir}")
-                        raise KeyboardInterrupt
+                        self._raise_interrupted(f"epoch {epoch + 1} step {step + 1}")  # runsafe
                 dev, _ = evaluate(c, "dev", self.cfg.eval_batch_size, device)
                 test, _ = evaluate(c, "test", self.cfg.eval_batch_size, device)
                 score = dev[self.cfg.select_metric]
@@ -282,8 +296,7 @@ class Trainer:
                     state["epochs_without_improvement"] += 1
                 state.update(epoch=epoch + 1, step_in_epoch=0, epoch_loss_sum=0.0, epoch_loss_count=0)
                 if self.is_main:
-                    with open(metrics_path, "a") as f:
-                        f.write(json.dumps(record) + "\n")
+                    metrics_log.append_record(metrics_path, record)  # runsafe: no half line on a full disk
                 self._save(c, optimizer, scheduler, state, reason="epoch")
                 self.log(f"epoch {epoch + 1:3d}/{self.cfg.epochs}  loss {train_loss:.4f}  "
                          f"dev acc {dev['accuracy']:.4f} wF1 {dev['weighted_f1']:.4f}  "
@@ -292,11 +305,10 @@ class Trainer:
                 if self.cfg.patience is not None and state["epochs_without_improvement"] >= self.cfg.patience:
                     self.log(f"early stop: no dev {self.cfg.select_metric} improvement for {self.cfg.patience} epochs")
                     break
+                if self._stop_requested and state["epoch"] < self.cfg.epochs:  # runsafe: just saved, stop now
+                    self._raise_interrupted(f"the end of epoch {epoch + 1}")
         finally:
-            try:
-                signal.signal(signal.SIGINT, old_handler)
-            except ValueError:
-                pass
+            restore_signals()  # runsafe
         return self._finish(c, device, state, time.perf_counter() - t_start)
 
     def _train_step(self, c, train_model, batch, optimizer, scheduler, epoch, step, state) -> tuple[float, dict]:
@@ -324,11 +336,18 @@ class Trainer:
             scheduler.step()
         return float(dist.mean_across_ranks(total.detach())), terms
 
-    def _on_sigint(self, signum, frame) -> None:
-        if self._stop_requested:  # a second Ctrl-C: stop now
-            raise KeyboardInterrupt
-        self._stop_requested = True
-        self.log("\nCtrl-C: finishing this step and saving a checkpoint (press again to abort without saving)")
+    def _on_stop_signal(self, signum, frame) -> None:
+        """SIGINT, SIGTERM or SIGHUP: finish this step and save (a second signal stops at once, unsaved)."""
+        if self._stop_requested:
+            raise stop_signals.RunInterrupted(signum, "stopped at once by a second signal, without saving")
+        self._stop_requested, self._stop_signum = True, signum
+        what = "Ctrl-C" if signum == signal.SIGINT else stop_signals.signal_name(signum)
+        self.log(f"\n{what}: finishing this step and saving a checkpoint (signal again to abort without saving)")
+
+    def _raise_interrupted(self, where: str) -> None:
+        self.log(f"interrupted: saved a checkpoint at {where}; "
+                 f"continue with: mercore run {self.loaded.source} resume=true output_dir={self.run_dir}")
+        raise stop_signals.RunInterrupted(self._stop_signum)
 
     # -- checkpoints -----------------------------------------------------------------------------------------
     def _save(self, c: Components, optimizer, scheduler, state: dict, reason: str) -> None:
@@ -345,14 +364,14 @@ class Trainer:
                                        trainer_state=trainer_state, info={"reason": reason, **{
                                            k: state[k] for k in ("epoch", "step_in_epoch", "global_step")}})
         ckpt.set_latest(self.ckpt_dir, folder)
-        ckpt.prune(self.ckpt_dir, self.cfg.keep_checkpoints)
+        ckpt.prune(self.ckpt_dir, self.cfg.keep_checkpoints, protect=folder)  # runsafe: never the one just written
 
     def _resume(self, c: Components, optimizer, scheduler, state: dict) -> dict:
         if self.cfg.resume_from:
             folder = Path(self.cfg.resume_from)
             folder = folder if folder.is_absolute() or folder.exists() else self.ckpt_dir / folder
         else:
-            folder = ckpt.latest_folder(self.ckpt_dir)
+            folder = ckpt.resume_folder(self.ckpt_dir, log=self.log)  # runsafe: LATEST checked, or newest valid
         if folder is None:
             self.log(f"resume=true but {self.ckpt_dir} has no checkpoint yet: starting from the beginning")
             return state
@@ -375,13 +394,9 @@ class Trainer:
         self.log(f"resumed from {folder} (epoch {state['epoch']}, step {state['step_in_epoch']} of that epoch)")
         return state
 
-    @staticmethod
-    def _keep_metrics_before(path: Path, epoch: int) -> None:
+    def _keep_metrics_before(self, path: Path, epoch: int) -> None:
         """Drop metric lines of epochs that the resumed run will redo (written after the last checkpoint)."""
-        if not path.exists():
-            return
-        keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["epoch"] <= epoch]
-        ckpt.atomic_write_text(path, "".join(line + "\n" for line in keep))
+        metrics_log.keep_records_through(path, epoch, log=self.log)  # runsafe: a truncated last line is dropped
 
     # -- the end ---------------------------------------------------------------------------------------------
     def _finish(self, c: Components, device: torch.device, state: dict, seconds: float) -> dict:
@@ -392,7 +407,7 @@ class Trainer:
             ckpt.load_weights(best, c.distiller, file="extra.safetensors")
         dev, _ = evaluate(c, "dev", self.cfg.eval_batch_size, device)
         test, rows = evaluate(c, "test", self.cfg.eval_batch_size, device)
-        history = [json.loads(line) for line in (self.run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        history = metrics_log.read_records(self.run_dir / "metrics.jsonl", log=self.log)  # runsafe
         best_test = max(history, key=lambda r: r["test"][self.cfg.select_metric]) if history else None
         results = {
             "recipe": self.loaded.source,
