@@ -168,7 +168,7 @@ class Trainer:
         self.is_main = self.rank == 0
         self._log = log
         self._stop_requested = False
-        self._stop_signum = 0  # runsafe: the signal that asked to stop
+        self._stop_signum = int(signal.SIGINT)  # runsafe: the signal that asked to stop
 
     def log(self, msg: str) -> None:
         if self.is_main:

@@ -433,7 +433,7 @@ def test_nan_weights_with_matching_hashes_are_refused_naming_the_tensor(tmp_path
     out = finished_run(tmp_path)
     best = out / "checkpoints" / "best"
     state = load_file(str(best / "model.safetensors"))
-    state["net.2.bias"][1] = float("nan")
+    state["net.3.bias"][1] = float("nan")
     save_file(state, str(best / "model.safetensors"), metadata={"format": "pt"})
     meta = json.loads((best / ckpt.META).read_text())
     data = (best / "model.safetensors").read_bytes()
@@ -442,4 +442,4 @@ def test_nan_weights_with_matching_hashes_are_refused_naming_the_tensor(tmp_path
     ckpt.verify_checkpoint(best)  # the hashes match: only the finiteness check can catch it
     done = cli(["eval", str(out)], subprocess_env)
     assert done.returncode == 1, done.stderr
-    assert "tensor 'net.2.bias' holds 1 non-finite value(s)" in done.stderr and str(best) in done.stderr
+    assert "tensor 'net.3.bias' holds 1 non-finite value(s)" in done.stderr and str(best) in done.stderr
