@@ -9,6 +9,7 @@ naming the holder. The file is removed when the run ends.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -94,6 +95,10 @@ class RunLock:
             os.fsync(fd)
         except OSError as exc:
             os.close(fd)
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):  # a full disk is not the user's recipe: exit 1
+                from mercore.checkpoint import storage_error
+
+                raise storage_error(exc, self.path) from None
             raise OutputDirError(f"output_dir {str(self.run_dir)!r} is not writable: {exc.strerror} "
                                  f"({self.path})") from None
         self._fd = fd

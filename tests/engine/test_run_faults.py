@@ -10,6 +10,7 @@ import errno
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -265,12 +266,14 @@ def test_read_only_output_dir_for_real(tmp_path, subprocess_env):
 
 # -- item 9 rows: empty output_dir, truncated metrics line, another recipe's checkpoint --------------------
 
-def test_empty_output_dir_is_refused_by_validate_and_run(tmp_path, subprocess_env):
+def test_empty_output_dir_is_refused_by_validate_and_run(tmp_path, monkeypatch, capsys):
     path = recipe_file(tmp_path, "empty")
+    monkeypatch.chdir(tmp_path)
     for command in ("validate", "run"):
-        done = cli([command, str(path), "output_dir="], subprocess_env, cwd=tmp_path)
-        assert done.returncode == 2, done.stderr
-        assert "output_dir is empty: it would write into the current folder" in done.stderr
+        code = cli_main([command, str(path), "output_dir="])
+        err = capsys.readouterr().err
+        assert code == 2, err
+        assert "output_dir is empty: it would write into the current folder" in err
     assert not (tmp_path / "results.json").exists() and not (tmp_path / "metrics.jsonl").exists()
     with pytest.raises(OutputDirError, match="output_dir is empty"):
         RunLock("  ")
@@ -289,61 +292,89 @@ def interrupt_after(monkeypatch, steps: int) -> None:
     monkeypatch.setattr(Trainer, "_train_step", step)
 
 
-def test_truncated_metrics_line_on_resume_is_dropped_and_resume_is_exact(tmp_path, monkeypatch, reference):
-    path = recipe_file(tmp_path, "trunc", epochs=4)
-    out = tmp_path / "trunc"
-    interrupt_after(monkeypatch, 6)  # in epoch 2 (4 steps per epoch)
-    with pytest.raises(KeyboardInterrupt):
-        train(path)
-    monkeypatch.undo()
-    with open(out / "metrics.jsonl", "a") as f:  # what a kill in the middle of the epoch-2 line leaves
-        f.write('{"epoch": 2, "train_loss": 0.9')
+def copy_run(template: Path, tmp_path: Path, name: str) -> tuple[Path, Path]:
+    """A copy of the run ``template`` as ``tmp_path/name``, with its recipe pointing at the copy."""
+    out = tmp_path / name
+    shutil.copytree(template, out, symlinks=True)
+    for f in (out / "recipe.yaml", template.parent / f"{template.name}.yaml"):
+        text = f.read_text().replace(str(template), str(out))
+        (out / "recipe.yaml" if f.parent == out else tmp_path / f"{name}.yaml").write_text(text)
+    return tmp_path / f"{name}.yaml", out
+
+
+@pytest.fixture(scope="module")
+def interrupted_template(tmp_path_factory) -> Path:
+    """A 4-epoch run stopped (as by a signal) after 10 steps: epoch 3, step 2."""
+    tmp = tmp_path_factory.mktemp("interrupted")
+    path = recipe_file(tmp, "cut", epochs=4)
+    mp = pytest.MonkeyPatch()
+    interrupt_after(mp, 10)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train(path)
+    finally:
+        mp.undo()
+    return tmp / "cut"
+
+
+def interrupted_run(tmp_path: Path, template: Path, name: str) -> tuple[Path, Path]:
+    return copy_run(template, tmp_path, name)
+
+
+@pytest.fixture(scope="module")
+def finished_template(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("finished")
+    train(recipe_file(tmp, "done", epochs=1))
+    return tmp / "done"
+
+
+@pytest.fixture
+def finished_run(tmp_path, finished_template) -> Path:
+    """A copy of a finished 1-epoch run, free to damage."""
+    return copy_run(finished_template, tmp_path, "done")[1]
+
+
+def test_truncated_metrics_line_on_resume_is_dropped_and_resume_is_exact(tmp_path, interrupted_template, reference):
+    path, out = interrupted_run(tmp_path, interrupted_template, "trunc")
+    with open(out / "metrics.jsonl", "a") as f:  # what a kill in the middle of the epoch-3 line leaves
+        f.write('{"epoch": 3, "train_loss": 0.9')
     logs: list[str] = []
     train(path, ["resume=true"], logs)
-    assert any("line 2 is truncated" in m for m in logs)
+    assert any(f"{out / 'metrics.jsonl'} line 3 is truncated" in m for m in logs), logs
     assert same_weights(out, reference) and metric_lines(out) == metric_lines(reference)
 
 
-def test_corrupted_metrics_line_in_the_middle_is_named(tmp_path):
-    path = recipe_file(tmp_path, "corrupt", epochs=2)
-    train(path)
-    m = tmp_path / "corrupt" / "metrics.jsonl"
+def test_corrupted_metrics_line_in_the_middle_is_named(tmp_path, interrupted_template):
+    path, out = interrupted_run(tmp_path, interrupted_template, "corrupt")
+    m = out / "metrics.jsonl"
     lines = m.read_text().splitlines()
     m.write_text("{oops\n" + lines[1] + "\n")
     with pytest.raises(CheckpointError, match=rf"{m} line 1 is not valid JSON"):
-        metrics_log.read_records(m)
+        train(path, ["resume=true"])
     m.write_text("[1, 2]\n" + lines[1] + "\n")
     with pytest.raises(CheckpointError, match=rf"{m} line 1 is not a metrics record"):
         metrics_log.read_records(m)
 
 
-def test_checkpoint_of_another_recipe_is_a_clear_error(tmp_path, subprocess_env):
-    out = tmp_path / "small"
-    train(recipe_file(tmp_path, "small", epochs=1))
+def test_checkpoint_of_another_recipe_is_a_clear_error(finished_run, capsys):
+    out = finished_run
     text = (out / "recipe.yaml").read_text()
     assert "hidden: 16" in text
     (out / "recipe.yaml").write_text(text.replace("hidden: 16", "hidden: 32"))
-    done = cli(["eval", str(out)], subprocess_env)
-    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
-    assert "was written by a different model than the one built from the recipe" in done.stderr
-    assert "net.0.weight: (16, 8) in the checkpoint, (32, 8) in the model" in done.stderr
+    code = cli_main(["eval", str(out)])
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert f"{out / 'checkpoints/best/model.safetensors'} was written by a different model than the one built " \
+           "from the recipe" in err
+    assert "net.0.weight: (16, 8) in the checkpoint, (32, 8) in the model" in err
 
 
 # -- item 6: checkpoint pointers and metadata ------------------------------------------------------------
 
-def interrupted_run(tmp_path: Path, monkeypatch, name: str, steps: int = 10) -> tuple[Path, Path]:
-    path = recipe_file(tmp_path, name, epochs=4)
-    interrupt_after(monkeypatch, steps)  # epoch 3, step 2
-    with pytest.raises(KeyboardInterrupt):
-        train(path)
-    monkeypatch.undo()
-    return path, tmp_path / name
-
-
 @pytest.mark.parametrize("pointer", ["../../other/checkpoints/epoch-0001", "/tmp/x/epoch-0001", "epoch-0099",
                                      "best", "epoch-0001/../../x", ""])
-def test_latest_must_name_an_epoch_folder_of_this_run(tmp_path, monkeypatch, pointer):
-    path, out = interrupted_run(tmp_path, monkeypatch, "hostile")
+def test_latest_must_name_an_epoch_folder_of_this_run(tmp_path, interrupted_template, pointer):
+    path, out = interrupted_run(tmp_path, interrupted_template, "hostile")
     (out / "checkpoints" / ckpt.LATEST).write_text(pointer + "\n")
     with pytest.raises(CheckpointError) as e:
         train(path, ["resume=true"])
@@ -351,8 +382,8 @@ def test_latest_must_name_an_epoch_folder_of_this_run(tmp_path, monkeypatch, poi
     assert "is not" in str(e.value) and "delete" in str(e.value)
 
 
-def test_missing_latest_resumes_from_the_newest_valid_folder_exactly(tmp_path, monkeypatch, reference):
-    path, out = interrupted_run(tmp_path, monkeypatch, "nolatest")
+def test_missing_latest_resumes_from_the_newest_valid_folder_exactly(tmp_path, interrupted_template, reference):
+    path, out = interrupted_run(tmp_path, interrupted_template, "nolatest")
     (out / "checkpoints" / ckpt.LATEST).unlink()
     logs: list[str] = []
     train(path, ["resume=true"], logs)
@@ -361,8 +392,8 @@ def test_missing_latest_resumes_from_the_newest_valid_folder_exactly(tmp_path, m
     assert same_weights(out, reference) and metric_lines(out) == metric_lines(reference)
 
 
-def test_restart_over_invalid_folders_keeps_the_checkpoint_just_written(tmp_path, monkeypatch, reference):
-    path, out = interrupted_run(tmp_path, monkeypatch, "restart")
+def test_restart_over_invalid_folders_keeps_the_checkpoint_just_written(tmp_path, interrupted_template, reference):
+    path, out = interrupted_run(tmp_path, interrupted_template, "restart")
     ck = out / "checkpoints"
     (ck / ckpt.LATEST).unlink()
     for p in ck.glob("epoch-*"):
@@ -389,11 +420,6 @@ def test_best_moved_aside_by_a_kill_is_restored(tmp_path):
     ckpt.verify_checkpoint(tmp_path / "best")
 
 
-def finished_run(tmp_path: Path, name: str = "done") -> Path:
-    train(recipe_file(tmp_path, name, epochs=1))
-    return tmp_path / name
-
-
 @pytest.mark.parametrize("meta, message", [
     ([], "must be a JSON object with 'files', got list"),
     ({"files": []}, "'files' must be an object"),
@@ -405,16 +431,16 @@ def finished_run(tmp_path: Path, name: str = "done") -> Path:
     ({"files": {"model.safetensors": {"bytes": "10", "sha256": "0" * 64}}}, "must be {\"bytes\": INT"),
     ({"files": {"model.safetensors": {"bytes": True, "sha256": "0" * 64}}}, "must be {\"bytes\": INT"),
 ])
-def test_meta_json_is_schema_checked(tmp_path, meta, message):
-    best = finished_run(tmp_path) / "checkpoints" / "best"
+def test_meta_json_is_schema_checked(finished_run, meta, message):
+    best = finished_run / "checkpoints" / "best"
     (best / ckpt.META).write_text(json.dumps(meta))
     with pytest.raises(CheckpointError) as e:
         ckpt.verify_checkpoint(best)
     assert message in str(e.value) and str(best) in str(e.value)
 
 
-def test_eval_refuses_a_device_in_place_of_a_checkpoint_file(tmp_path, subprocess_env):
-    best = finished_run(tmp_path) / "checkpoints" / "best"
+def test_eval_refuses_a_device_in_place_of_a_checkpoint_file(finished_run, subprocess_env):
+    best = finished_run / "checkpoints" / "best"
     (best / "model.safetensors").unlink()
     (best / "model.safetensors").symlink_to("/dev/zero")
     done = cli(["eval", str(best.parent.parent)], subprocess_env, timeout=60)  # it used to hang
@@ -422,15 +448,15 @@ def test_eval_refuses_a_device_in_place_of_a_checkpoint_file(tmp_path, subproces
     assert f"checkpoint file {best / 'model.safetensors'} is not a regular file" in done.stderr
 
 
-def test_eval_refuses_an_unlisted_checkpoint_file(tmp_path):
-    best = finished_run(tmp_path) / "checkpoints" / "best"
+def test_eval_refuses_an_unlisted_checkpoint_file(finished_run):
+    best = finished_run / "checkpoints" / "best"
     (best / "extra.safetensors").write_bytes(b"x")
     with pytest.raises(CheckpointError, match="extra.safetensors is not listed in meta.json"):
         ckpt.verify_checkpoint(best)
 
 
-def test_nan_weights_with_matching_hashes_are_refused_naming_the_tensor(tmp_path, subprocess_env):
-    out = finished_run(tmp_path)
+def test_nan_weights_with_matching_hashes_are_refused_naming_the_tensor(finished_run, capsys):
+    out = finished_run
     best = out / "checkpoints" / "best"
     state = load_file(str(best / "model.safetensors"))
     state["net.3.bias"][1] = float("nan")
@@ -440,6 +466,16 @@ def test_nan_weights_with_matching_hashes_are_refused_naming_the_tensor(tmp_path
     meta["files"]["model.safetensors"] = {"bytes": len(data), "sha256": ckpt._sha256_bytes(data)}
     (best / ckpt.META).write_text(json.dumps(meta))
     ckpt.verify_checkpoint(best)  # the hashes match: only the finiteness check can catch it
-    done = cli(["eval", str(out)], subprocess_env)
-    assert done.returncode == 1, done.stderr
-    assert "tensor 'net.3.bias' holds 1 non-finite value(s)" in done.stderr and str(best) in done.stderr
+    code = cli_main(["eval", str(out)])
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert "tensor 'net.3.bias' holds 1 non-finite value(s)" in err and str(best) in err
+
+
+def test_full_disk_while_taking_the_lock_is_a_storage_error(tmp_path, monkeypatch):
+    def full(fd, data, offset):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "pwrite", full)
+    with pytest.raises(StorageError, match=rf"disk full while writing {tmp_path / 'r' / LOCK_FILE}"):
+        RunLock(tmp_path / "r").acquire()
