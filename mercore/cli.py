@@ -1,6 +1,7 @@
 """The ``mercore`` command line: run, validate, eval, plugins, list, show.
 
-Exit codes: 0 success; 1 a data, checkpoint or training error; 2 a recipe or registry error; 130 interrupted.
+Exit codes: 0 success; 1 a data, checkpoint, storage or training error; 2 a recipe, registry or output_dir error;
+128 + signum when stopped by a signal after saving a checkpoint (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP).
 """
 
 from __future__ import annotations
@@ -282,7 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI and return its exit code: 0 success, 1 run error, 2 config or usage error, 130 interrupted."""
+    """Run the CLI and return its exit code: 0 success, 1 run error, 2 config or usage error, 128+signum stopped."""
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # argparse already printed the usage error (code 2) or --help/--version (code 0)
@@ -295,9 +296,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MercoreError as exc:
         _print_problems(exc)
         return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:  # Ctrl-C, or a RunInterrupted from SIGTERM/SIGHUP: exit 128 + signum
+        print(f"interrupted{f' ({exc})' if str(exc) else ''}", file=sys.stderr)
+        return getattr(exc, "exit_code", 130)
 
 
 if __name__ == "__main__":  # pragma: no cover

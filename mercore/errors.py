@@ -31,3 +31,21 @@ class CheckpointError(MercoreError):
 
 class TrainingError(MercoreError):
     """Training cannot go on (for example a NaN loss)."""
+
+
+class OutputDirError(ConfigError):
+    """The run directory cannot be used: another run holds it, it is not writable, or it is empty.
+
+    A user error (the CLI exits 2): the message names the folder and, for a busy folder, the run that holds it.
+    """
+
+    def __init__(self, message: str):
+        super().__init__([message])
+
+
+class StorageError(MercoreError):
+    """Writing a run's files failed (disk full, read-only or vanished folder, I/O error).
+
+    The message names the path, the bytes the write needed and the bytes free; the partial write is removed,
+    so the run resumes with ``resume=true`` once the cause is fixed.
+    """

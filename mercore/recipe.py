@@ -65,6 +65,11 @@ class Recipe:
     name: str = option("", help="a name for logs")
     description: str = option("", help="free text")
 
+    def __attrs_post_init__(self) -> None:  # runsafe: an empty output_dir would write into the current folder
+        if not self.output_dir.strip():
+            raise ValueError("output_dir is empty: it would write into the current folder and overwrite its "
+                             "results.json and metrics.jsonl; give a folder, e.g. output_dir=runs/NAME")
+
 
 # -- overrides ---------------------------------------------------------------------------------------------
 

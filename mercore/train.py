@@ -22,9 +22,10 @@ import torch
 
 from mercore import checkpoint as ckpt
 from mercore import distributed as dist
+from mercore import metrics_log, run_lock, stop_signals
 from mercore.config import config_to_dict
 from mercore.data.types import PAD_LABEL, Corpus, DialogueBatch, iterate_batches
-from mercore.errors import CheckpointError, ConfigError, TrainingError
+from mercore.errors import CheckpointError, ConfigError, StorageError, TrainingError
 from mercore.metrics import classification_report
 from mercore.model_api import ModelOutput
 from mercore.progress import Progress
@@ -232,13 +233,31 @@ class Trainer:
         self.is_main = self.rank == 0
         self._log = log
         self._stop_requested = False
+        self._stop_signum = int(signal.SIGINT)  # the signal that asked to stop
 
     def log(self, msg: str) -> None:
         if self.is_main:
             self._log(msg)
 
     def run(self) -> dict:
-        """Train, select on dev, evaluate the selected checkpoint on test, write ``results.json``."""
+        """Train, select on dev, evaluate the selected checkpoint on test, write ``results.json``.
+
+        The run directory is locked for the whole run (a second run on it is refused; see run_lock.py).
+        """
+        lock = run_lock.RunLock(self.recipe.output_dir, log=self.log) if self.is_main else None  # rank 0 writes
+        if lock is not None:
+            lock.acquire()
+        try:
+            return self._run_locked()
+        except OSError as exc:  # an OS error on a write that no narrower handler named: still name the path
+            raise StorageError(f"OS error during the run in {self.run_dir}: {exc.strerror or exc} "
+                               f"({exc.filename or self.run_dir}); the last complete "
+                               "checkpoint is intact: fix the cause, then continue with resume=true") from None
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _run_locked(self) -> dict:
         t_start = time.perf_counter()
         setup = self._set_up()
         state = self._resume(setup) if self.recipe.resume else LoopState()
@@ -250,6 +269,8 @@ class Trainer:
                 self._train_epoch(setup, state)
                 if self._end_epoch(setup, state, t_epoch):
                     break
+                if dist.any_rank(self._stop_requested) and state.epoch < self.cfg.epochs:  # just saved: stop now
+                    self._raise_interrupted(f"the end of epoch {state.epoch}")
         return self._finish(setup, state, time.perf_counter() - t_start)
 
     # -- set-up ----------------------------------------------------------------------------------------------
@@ -327,9 +348,7 @@ class Trainer:
             bar.postfix = f"loss {loss:.4f}"
             if dist.any_rank(self._stop_requested):  # every rank saves at the same step (the save is collective)
                 self._save(setup, state, reason="interrupted")
-                self.log(f"interrupted: saved a checkpoint at epoch {epoch + 1} step {step + 1}; "
-                         f"continue with: mercore run {self.loaded.source} resume=true output_dir={self.run_dir}")
-                raise KeyboardInterrupt
+                self._raise_interrupted(f"epoch {epoch + 1} step {step + 1}")
 
     def _train_step(self, setup: TrainingSetup, batch: DialogueBatch, step: int, state: LoopState) -> float:
         """One optimizer step on ``batch`` (this rank's share); the global batch's loss."""
@@ -380,8 +399,7 @@ class Trainer:
             state.epochs_without_improvement += 1
         state.start_next_epoch()
         if self.is_main:
-            with open(self.metrics_path, "a") as f:
-                f.write(json.dumps(record) + "\n")
+            metrics_log.append_record(self.metrics_path, record)  # no half line on a full disk
         self._save(setup, state, reason="epoch")
         self.log(f"epoch {epoch + 1:3d}/{self.cfg.epochs}  loss {train_loss:.4f}  "
                  f"dev acc {dev['accuracy']:.4f} wF1 {dev['weighted_f1']:.4f}  "
@@ -395,28 +413,26 @@ class Trainer:
     # -- stop requests ---------------------------------------------------------------------------------------
     @contextmanager
     def _stop_requests(self) -> Iterator[None]:
-        """While training, SIGINT (Ctrl-C) asks for a checkpoint after the current step (:meth:`_on_sigint`).
-
-        Other stop signals belong here too: install their handler next to SIGINT's and restore it after.
-        """
-        old_handler = signal.getsignal(signal.SIGINT)
-        try:
-            signal.signal(signal.SIGINT, self._on_sigint)
-        except ValueError:  # not the main thread: no handler, Ctrl-C stops at once
-            pass
+        """While training, SIGINT, SIGTERM and SIGHUP ask for a checkpoint after the current step
+        (:meth:`_on_stop_signal`); the previous handlers come back afterwards (see stop_signals.py)."""
+        restore = stop_signals.install(self._on_stop_signal)
         try:
             yield
         finally:
-            try:
-                signal.signal(signal.SIGINT, old_handler)
-            except ValueError:
-                pass
+            restore()
 
-    def _on_sigint(self, signum, frame) -> None:
-        if self._stop_requested:  # a second Ctrl-C: stop now
-            raise KeyboardInterrupt
-        self._stop_requested = True
-        self.log("\nCtrl-C: finishing this step and saving a checkpoint (press again to abort without saving)")
+    def _on_stop_signal(self, signum, frame) -> None:
+        """SIGINT, SIGTERM or SIGHUP: finish this step and save (a second signal stops at once, unsaved)."""
+        if self._stop_requested:
+            raise stop_signals.RunInterrupted(signum, "stopped at once by a second signal, without saving")
+        self._stop_requested, self._stop_signum = True, signum
+        what = "Ctrl-C" if signum == signal.SIGINT else stop_signals.signal_name(signum)
+        self.log(f"\n{what}: finishing this step and saving a checkpoint (signal again to abort without saving)")
+
+    def _raise_interrupted(self, where: str) -> None:
+        self.log(f"interrupted: saved a checkpoint at {where}; "
+                 f"continue with: mercore run {self.loaded.source} resume=true output_dir={self.run_dir}")
+        raise stop_signals.RunInterrupted(self._stop_signum)
 
     # -- checkpoints -----------------------------------------------------------------------------------------
     def _save(self, setup: TrainingSetup, state: LoopState, reason: str) -> None:
@@ -439,13 +455,13 @@ class Trainer:
                                                  "step_in_epoch": state.step_in_epoch,
                                                  "global_step": state.global_step})
             ckpt.set_latest(self.ckpt_dir, folder)
-            ckpt.prune(self.ckpt_dir, self.cfg.keep_checkpoints)
+            ckpt.prune(self.ckpt_dir, self.cfg.keep_checkpoints, protect=folder)  # never the one just written
         dist.barrier()
 
     def _resume(self, setup: TrainingSetup) -> LoopState:
         """The loop state, weights, optimizer, scheduler and random state of the checkpoint to resume from."""
         folder = (resolve_checkpoint(self.run_dir, self.cfg.resume_from) if self.cfg.resume_from
-                  else ckpt.latest_folder(self.ckpt_dir))
+                  else ckpt.resume_folder(self.ckpt_dir, log=self.log))  # LATEST checked, or the newest valid
         if folder is None:
             self.log(f"resume=true but {self.ckpt_dir} has no checkpoint yet: starting from the beginning")
             return LoopState()
@@ -477,13 +493,9 @@ class Trainer:
                      "every rank continues from rank 0's random state, so the run is not an exact continuation")
         _set_rng_state(trainer_state["rng"])
 
-    @staticmethod
-    def _keep_metrics_before(path: Path, epoch: int) -> None:
+    def _keep_metrics_before(self, path: Path, epoch: int) -> None:
         """Drop metric lines of epochs that the resumed run will redo (written after the last checkpoint)."""
-        if not path.exists():
-            return
-        keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["epoch"] <= epoch]
-        ckpt.atomic_write_text(path, "".join(line + "\n" for line in keep))
+        metrics_log.keep_records_through(path, epoch, log=self.log)  # a truncated last line is dropped
 
     # -- the end ---------------------------------------------------------------------------------------------
     def _finish(self, setup: TrainingSetup, state: LoopState, seconds: float) -> dict:
@@ -493,7 +505,7 @@ class Trainer:
         load_run_weights(self.ckpt_dir / "best", c.model, c.distiller)
         dev, _ = evaluate(c, "dev", self.cfg.eval_batch_size, setup.device)
         test, rows = evaluate(c, "test", self.cfg.eval_batch_size, setup.device)
-        history = [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()]
+        history = metrics_log.read_records(self.metrics_path, log=self.log)
         best_test = max(history, key=lambda r: r["test"][self.cfg.select_metric]) if history else None
         results = {
             "recipe": self.loaded.source,
