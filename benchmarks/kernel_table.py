@@ -58,10 +58,10 @@ SIZES = (
     Size("fine-grained", 16384, 2048, 768, 128, 8, True),
 )
 QUICK_SIZES = (
-    Size("MERC", 256, 64, 128, 16, 2, False),
-    Size("Mixtral", 256, 128, 256, 8, 2, True),
-    Size("fine-grained", 256, 64, 64, 64, 6, True),
-    Size("fine-grained", 256, 64, 32, 128, 8, True),
+    Size("MERC", 128, 64, 128, 16, 2, False),
+    Size("Mixtral", 128, 128, 256, 8, 2, True),
+    Size("fine-grained", 128, 64, 64, 64, 6, True),
+    Size("fine-grained", 128, 64, 32, 128, 8, True),
 )
 VARIANTS = ("naive", "fused", "grouped-only", "floor")
 PASSES = ("fwd", "fwd+bwd")
@@ -177,7 +177,7 @@ HEADER = ("| problem | pass | naive ms | fused ms | grouped-only ms | floor ms |
 
 
 def row(size: Size, pass_: str, m: dict[str, tuple[float, int] | None]) -> str:
-    mb = lambda v: "-" if m[v] is None else f"{m[v][1] / 2**20:.1f}"  # noqa: E731
+    mb = lambda v: "-" if m[v] is None else f"{m[v][1] / 2**20:.3g}"  # noqa: E731
     return (f"| {size.label} | {pass_} | {_ms(m['naive'])} | {_ms(m['fused'])} | {_ms(m['grouped-only'])} | "
             f"{_ms(m['floor'])} | {_ratio(m['fused'], m['floor'], 0)} | {_ratio(m['fused'], m['naive'], 0)} | "
             f"{mb('naive')} | {mb('fused')} | {_ratio(m['fused'], m['naive'], 1)} |")
@@ -191,7 +191,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="small sizes of the same shapes (seconds on a CPU)")
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--out", type=Path, help="also write the Markdown table to this file")
+    ap.add_argument("--threads", type=int, help="torch.set_num_threads (CPU); default: torch's")
     args = ap.parse_args(argv)
+    if args.threads is not None:
+        if args.threads < 1:
+            ap.error("--threads must be at least 1")
+        torch.set_num_threads(args.threads)
     if args.device == "cuda" and not torch.cuda.is_available():
         ap.error("--device cuda: CUDA is not available here (torch.cuda.is_available() is False); use --device cpu")
     if args.rounds < 1:

@@ -14,8 +14,8 @@ def test_kernel_table_quick_mode_on_cpu(tmp_path: Path) -> None:
     out = tmp_path / "table.md"
     proc = subprocess.run(
         [sys.executable, "benchmarks/kernel_table.py", "--device", "cpu", "--quick", "--rounds", "1",
-         "--out", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
+         "--threads", "1", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=900,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = [line for line in out.read_text().splitlines() if line.startswith("| ") and " ms " not in line]

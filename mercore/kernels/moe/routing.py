@@ -160,5 +160,6 @@ def padded_to_flat(expert_idx: Tensor, gate: Tensor) -> tuple[Tensor, Tensor, Te
     ``mask = expert_idx >= 0`` if a compact list is wanted.
     """
     n, k = expert_idx.shape
-    token_idx = torch.arange(n, device=expert_idx.device).repeat_interleave(k)
+    # [0]*k + [1]*k + ...: an expand, not repeat_interleave (which may size its output from a device read).
+    token_idx = torch.arange(n, device=expert_idx.device).unsqueeze(1).expand(n, k).reshape(-1)
     return token_idx, expert_idx.reshape(-1), gate.reshape(-1)
