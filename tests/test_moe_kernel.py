@@ -314,6 +314,8 @@ def test_input_validation() -> None:
         fused_moe(p["x"], p["w1"], p["w2"], torch.full((4, 2), -2), p["gate"])
     with pytest.raises(ValueError, match="shape"):
         fused_moe(p["x"], p["w1"], p["w1"], p["expert_idx"], p["gate"])
+    with pytest.raises(ValueError, match=r"impl must be one of \('auto', 'grouped', 'padded', 'sync_free'\), got 'bmm'"):
+        fused_moe(p["x"], p["w1"], p["w2"], p["expert_idx"], p["gate"], impl="bmm")
 
 
 def test_fused_peak_memory_below_naive() -> None:
