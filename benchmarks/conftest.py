@@ -31,6 +31,9 @@ except ImportError:  # running from a checkout that is not pip-installed
 
 from mercore.kernels.profiling import cpu_peak_bytes, cuda_peak_bytes  # noqa: E402
 
+# The benchmark-only variants (moe_variants.py) sit beside this file.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
 D_MODEL = 256
 GRIDS: dict[str, dict[str, tuple[int, ...]]] = {
     "full": {"N": (512, 2048, 8192), "h": (512, 1024), "E": (8, 16, 32), "k": (1, 2)},
@@ -127,7 +130,8 @@ def skip_reason(variant: str, p: Problem) -> str | None:
 
 def variant_fn(variant: str, p: Problem) -> tuple[Callable[[], torch.Tensor], torch.Tensor]:
     """The forward of one variant as a closure, and the output gradient to back-propagate."""
-    from mercore.kernels.moe import capacity_moe, dense_moe, floor_matmul, fused_moe, naive_moe
+    from mercore.kernels.moe import fused_moe, naive_moe
+    from moe_variants import capacity_moe, dense_moe, floor_matmul
 
     args = (p.x, p.w1, p.w2, p.expert_idx, p.gate)
     if variant == "naive":

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib.util
 import os
+from pathlib import Path
 from unittest import mock
 
 import pytest
@@ -19,19 +21,32 @@ from hypothesis import strategies as st
 from mercore.kernels import moe
 from mercore.kernels.moe import (
     ACTIVATIONS,
-    capacity_moe,
-    dense_moe,
-    floor_matmul,
     fused_moe,
     fused_moe_flat,
     grouped_mm_available,
     naive_moe,
     padded_to_flat,
 )
+from mercore.kernels.moe import padded
+
+
+def _benchmark_variants():
+    """The benchmark-only variants (dense, capacity, floor) from ``benchmarks/moe_variants.py``."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "moe_variants.py"
+    spec = importlib.util.spec_from_file_location("moe_variants", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_variants = _benchmark_variants()
+capacity_moe, dense_moe, floor_matmul = _variants.capacity_moe, _variants.dense_moe, _variants.floor_matmul
 
 # "padded-blocks" is the padded layout with CPU cache blocking forced down to one expert per block, so that the
 # tiny test problems walk several blocks (real ones only do from R*h*4 > CPU_BLOCK_BYTES).
-IMPLS = ["auto", "padded", "padded-blocks"] + (["grouped"] if grouped_mm_available("cpu", torch.float32) else [])
+# "sync_free" is the CUDA path forced on the CPU (where torch._grouped_mm runs there).
+IMPLS = ["auto", "padded", "padded-blocks"] + (
+    ["grouped", "sync_free"] if grouped_mm_available("cpu", torch.float32) else [])
 
 
 def make_problem(
@@ -80,10 +95,10 @@ def leaves(p: dict) -> list[str]:
 @contextlib.contextmanager
 def blocking(kw: dict):
     """Maps the test-only impl "padded-blocks" in ``kw`` to "padded" with one expert per cache block."""
-    block_bytes = moe.CPU_BLOCK_BYTES
+    block_bytes = padded.CPU_BLOCK_BYTES
     if kw.get("impl") == "padded-blocks":
         kw["impl"], block_bytes = "padded", 1
-    with mock.patch.object(moe, "CPU_BLOCK_BYTES", block_bytes):
+    with mock.patch.object(padded, "CPU_BLOCK_BYTES", block_bytes):
         yield
 
 
@@ -151,7 +166,7 @@ def test_fused_matches_naive_options(impl: str, activation: str, bias: bool, glu
 )
 def test_fused_matches_naive_hypothesis(n, d, h, e, k, drop, bias, glu, activation, impl, seed) -> None:
     k = min(k, e)
-    if impl == "grouped":  # the strict grouped path needs 16-byte aligned rows
+    if impl in ("grouped", "sync_free"):  # the grouped GEMM needs 16-byte aligned rows
         d, h = -(-d // 4) * 4, -(-h // 4) * 4
     p = make_problem(n, d, h, e, k, bias=bias, glu=glu, drop=drop, seed=seed)
     assert_match(run(fused_moe, p, activation, impl=impl), run(naive_moe, p, activation))
@@ -278,9 +293,9 @@ def test_cache_blocks_have_their_own_capacity(per_block: int) -> None:
     counts = [int((idx == i).sum()) for i in range(e)]
     row_bytes = h * 4
     budget = per_block * max(counts) * row_bytes
-    with mock.patch.object(moe, "CPU_BLOCK_BYTES", budget), mock.patch("torch.get_num_threads", return_value=1):
+    with mock.patch.object(padded, "CPU_BLOCK_BYTES", budget), mock.patch("torch.get_num_threads", return_value=1):
         routing = moe.sort_assignments(*padded_to_flat(idx, p["gate"])[:2], e, 40, 2)
-        layout = moe._PaddedLayout(routing, moe._block_spans(routing, row_bytes))
+        layout = padded.PaddedLayout(routing, padded.block_spans(routing, row_bytes))
         got = run(fused_moe, p, impl="padded")
     spans = [(b.experts.start, b.experts.stop) for b in layout.blocks]
     assert spans == [(e0, min(e0 + per_block, e)) for e0 in range(0, e, per_block)]
@@ -299,6 +314,8 @@ def test_input_validation() -> None:
         fused_moe(p["x"], p["w1"], p["w2"], torch.full((4, 2), -2), p["gate"])
     with pytest.raises(ValueError, match="shape"):
         fused_moe(p["x"], p["w1"], p["w1"], p["expert_idx"], p["gate"])
+    with pytest.raises(ValueError, match=r"impl must be one of \('auto', 'grouped', 'padded', 'sync_free'\), got 'bmm'"):
+        fused_moe(p["x"], p["w1"], p["w2"], p["expert_idx"], p["gate"], impl="bmm")
 
 
 def test_fused_peak_memory_below_naive() -> None:

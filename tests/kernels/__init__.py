@@ -1,0 +1,1 @@
+"""Tests of mercore.kernels (a package, so that its conftest.py does not shadow tests/conftest.py)."""
