@@ -23,6 +23,7 @@ import torch
 from mercore import checkpoint as ckpt
 from mercore import distributed as dist
 from mercore.config import config_to_dict
+from mercore.data import checks
 from mercore.data.types import PAD_LABEL, Corpus, DialogueBatch, iterate_batches
 from mercore.errors import CheckpointError, ConfigError, TrainingError
 from mercore.metrics import classification_report
@@ -73,6 +74,7 @@ def build_components(recipe: Recipe, corpus: Corpus | None = None) -> Components
     """Load the data and build model, loss and distiller from the recipe's nodes."""
     if corpus is None:
         corpus = recipe.data.build().load()
+    checks.check_dialogue_lengths(corpus.splits, recipe.trainer.max_dialogue_length, corpus.source or corpus.name)
     context = dict(modality_dims=dict(corpus.modality_dims), num_classes=corpus.num_classes,
                    num_speakers=corpus.num_speakers, label_names=list(corpus.label_names))
     model = recipe.model.build(**context)
@@ -103,6 +105,7 @@ def evaluate(c: Components, split: str, batch_size: int, device: torch.device) -
     c.model.eval()
     if c.distiller is not None:
         c.distiller.eval()
+    checks.require_labels(c.corpus.split(split), split, c.corpus.source or c.corpus.name)
     golds, preds, rows = [], [], []
     # The teacher's forward is needed at evaluation only by a model that lets it guide there.
     guides_at_eval = bool(getattr(getattr(c.model, "config", None), "guide_at_eval", False))
