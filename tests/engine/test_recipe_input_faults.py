@@ -176,3 +176,14 @@ def test_show_into_a_closed_pipe_has_no_traceback():
     __import__("os").close(write_fd)
     assert proc.returncode == 141, proc.stderr
     assert proc.stderr == ""
+
+
+def test_an_unwrapped_os_error_is_named_not_a_traceback(monkeypatch, capsys):
+    import mercore.cli as cli
+
+    def denied(args):
+        raise PermissionError(13, "Permission denied", "/data/iemocap")
+
+    monkeypatch.setattr(cli, "cmd_list", denied)
+    assert main(["list"]) == 1
+    assert capsys.readouterr().err == "error: cannot access '/data/iemocap': Permission denied\n"
