@@ -259,7 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI and return its exit code: 0 success, 1 run error, 2 config or usage error, 130 interrupted."""
+    """Run the CLI and return its exit code: 0 success, 1 run or file-access error, 2 config or usage error,
+    130 interrupted, 141 stdout closed by its reader."""
     try:
         args = _parse_args(build_parser(), argv)
     except SystemExit as exc:  # argparse already printed the usage error (code 2) or --help/--version (code 0)
