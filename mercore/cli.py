@@ -1,7 +1,11 @@
 """The ``mercore`` command line: run, validate, eval, plugins, list, show.
 
-Exit codes: 0 success; 1 a data, checkpoint, storage or training error; 2 a recipe, registry or output_dir error;
-128 + signum when stopped by a signal after saving a checkpoint (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP).
+Exit codes: 0 success; 1 a data, checkpoint, storage, training or file-access error; 2 a recipe, registry,
+output_dir or usage error; 128 + signum when stopped by a signal after saving a checkpoint (130 Ctrl-C,
+143 SIGTERM, 129 SIGHUP); 141 stdout closed by its reader (``| head``).
+
+A recipe is code: ``type: module:Class`` imports that module (see :mod:`mercore.code_guard`); modules that
+are not from an installed package need ``--allow-local-code``.
 """
 
 from __future__ import annotations
@@ -238,6 +242,29 @@ def _show_contract(spec) -> None:
     print(f"implemented by: {getattr(factory, '__module__', '?')}.{getattr(factory, '__qualname__', factory)}")
 
 
+def _add_local_code_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--allow-local-code", action="store_true",
+                   help="let 'type: module:Class' import modules that are not from an installed package (e.g. a "
+                        "module in the current folder). A recipe, and a run folder's recipe.yaml, is code: only "
+                        "pass this for recipes you trust (same as MERCORE_ALLOW_LOCAL_CODE=1)")
+
+
+def _parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse with options and overrides in any order (``validate R --build a=1`` as well as ``validate R a=1 --build``).
+
+    argparse stops a ``nargs="*"`` positional at the first option, so overrides after an option come back as
+    unknown arguments; those that are not options are overrides. ``parse_intermixed_args`` would do this but
+    does not support sub-commands.
+    """
+    args, extra = parser.parse_known_args(argv)
+    if extra and hasattr(args, "overrides"):
+        args.overrides = [*args.overrides, *(a for a in extra if not a.startswith("-"))]
+        extra = [a for a in extra if a.startswith("-")]
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def build_parser() -> argparse.ArgumentParser:
     from mercore import __version__
 
@@ -250,6 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("recipe", help="path to a YAML recipe")
     p.add_argument("overrides", nargs="*", help="key.sub=value or ~key.sub")
+    _add_local_code_flag(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("validate", help="check a recipe and its stages (exit 2 on errors) without training",
@@ -258,12 +286,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("recipe")
     p.add_argument("overrides", nargs="*")
     p.add_argument("--build", action="store_true", help="also load the data, build the model and run one tiny batch")
+    _add_local_code_flag(p)
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("eval", help="evaluate a run's checkpoint (a run directory = its best checkpoint)")
     p.add_argument("checkpoint", help="RUN_DIR or RUN_DIR/checkpoints/NAME")
     p.add_argument("--split", default="test", choices=["train", "dev", "test"])
     p.add_argument("--json", action="store_true", help="print the whole report as JSON")
+    _add_local_code_flag(p)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("plugins", help="installed plugins with versions, hooks, components and load errors")
@@ -283,13 +313,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI and return its exit code: 0 success, 1 run error, 2 config or usage error, 128+signum stopped."""
+    """Run the CLI and return its exit code: 0 success, 1 run or file-access error, 2 config or usage error,
+    128 + signum stopped by a signal (130 Ctrl-C), 141 stdout closed by its reader."""
     try:
-        args = build_parser().parse_args(argv)
+        args = _parse_args(build_parser(), argv)
     except SystemExit as exc:  # argparse already printed the usage error (code 2) or --help/--version (code 0)
         return exc.code if isinstance(exc.code, int) else 2
+    if getattr(args, "allow_local_code", False):
+        from mercore.code_guard import allow_local_code
+
+        allow_local_code()
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows up here, inside the handlers below, not at interpreter exit
+        return code
     except (ConfigError, RegistryError) as exc:
         _print_problems(exc)
         return 2
@@ -299,6 +336,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt as exc:  # Ctrl-C, or a RunInterrupted from SIGTERM/SIGHUP: exit 128 + signum
         print(f"interrupted{f' ({exc})' if str(exc) else ''}", file=sys.stderr)
         return getattr(exc, "exit_code", 130)
+    except BrokenPipeError:
+        # The reader went away (``mercore show ... | head``): stop quietly, as a command killed by SIGPIPE would.
+        # stdout is pointed at /dev/null so that Python's flush at exit does not fail a second time.
+        _silence_stdout()
+        return 141
+    except OSError as exc:
+        # An operating-system error not wrapped where it happened (a permission, a vanished file): the path and
+        # the reason, not a traceback.
+        name = f" {exc.filename!r}" if getattr(exc, "filename", None) else ""
+        print(f"error: cannot access{name}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+
+
+def _silence_stdout() -> None:
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout is not a real file (tests capture it)
+        pass
 
 
 if __name__ == "__main__":  # pragma: no cover

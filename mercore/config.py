@@ -216,6 +216,10 @@ class _Validator:
                 return value
             if isinstance(value, float) and value.is_integer():
                 return int(value)
+            if isinstance(value, str) and not value.isascii():
+                # int('١٢') is 12: a number must be written in ASCII digits, as YAML itself requires
+                self.problem(path, f"expected an integer in ASCII digits 0-9, got {value!r}")
+                return None
             if isinstance(value, str):
                 try:
                     return int(value)
@@ -228,11 +232,18 @@ class _Validator:
                 if math.isnan(float(value)):
                     self.problem(path, "must be a number, got NaN")
                 return float(value)
+            if isinstance(value, str) and not value.isascii():
+                self.problem(path, f"expected a number in ASCII digits 0-9, got {value!r}")
+                return None
             if isinstance(value, str):  # '1e-3' quoted, or an interpolated environment variable
                 try:
-                    return float(value)
+                    number = float(value)
                 except ValueError:
                     pass
+                else:
+                    if math.isnan(number):
+                        self.problem(path, f"must be a number, got NaN ({value!r})")
+                    return number
             self.problem(path, f"expected a number, got {type(value).__name__} {value!r}")
             return None
         if tp is str:

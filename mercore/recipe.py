@@ -19,7 +19,13 @@ from mercore.config import LineMap, component, option, validate_config
 from mercore.errors import ConfigError
 from mercore.registry import Node, Registry
 from mercore.stages import StageConfig
-from mercore.yaml_io import parse_scalar, parse_yaml
+from mercore.yaml_io import parse_scalar, parse_yaml_collecting
+
+#: Devices a recipe may name; ``cuda:N`` picks one GPU. Checked at validate time, availability at run time.
+DEVICE_CHOICES = ("cpu", "cuda", "cuda:N", "auto")
+_DEVICE = re.compile(r"^(?:cpu|cuda|auto|cuda:[0-9]+)$")
+#: Seeds go to numpy (which takes 0 .. 2**32 - 1) and, times 1_000_003, to torch generators (64 bits).
+MAX_SEED = 2**32 - 1
 
 
 @attrs.define
@@ -38,12 +44,22 @@ class TrainerConfig:
     progress: bool = option(True, help="show a progress bar when stderr is a terminal")
     keep_checkpoints: int = option(2, help="epoch checkpoints kept besides the best one")
     resume_from: str | None = option(None, help="checkpoint folder to resume from (default: the latest)")
+    max_dialogue_length: int | None = option(
+        None, help="refuse a dialogue with more utterances than this, naming it, before the model runs out of "
+                   "memory on it (attention grows with the square of the length); null: no limit")
 
     def __attrs_post_init__(self) -> None:
+        problems = []
         if self.epochs < 1 or self.batch_size < 1 or self.eval_batch_size < 1:
-            raise ValueError("epochs, batch_size and eval_batch_size must be at least 1")
+            problems.append("epochs, batch_size and eval_batch_size must be at least 1")
         if self.keep_checkpoints < 1:
-            raise ValueError("keep_checkpoints must be at least 1 (the run must stay resumable)")
+            problems.append("keep_checkpoints must be at least 1 (the run must stay resumable)")
+        if not _DEVICE.match(self.device):
+            problems.append(f"device {self.device!r} is not a device; valid choices: {', '.join(DEVICE_CHOICES)}")
+        if self.max_dialogue_length is not None and self.max_dialogue_length < 1:
+            problems.append(f"max_dialogue_length must be at least 1 (or null), got {self.max_dialogue_length}")
+        if problems:
+            raise ValueError("; ".join(problems))
 
 
 @attrs.define
@@ -65,15 +81,22 @@ class Recipe:
     name: str = option("", help="a name for logs")
     description: str = option("", help="free text")
 
-    def __attrs_post_init__(self) -> None:  # runsafe: an empty output_dir would write into the current folder
-        if not self.output_dir.strip():
+    def __attrs_post_init__(self) -> None:
+        if not self.output_dir.strip():  # an empty output_dir would write into the current folder
             raise ValueError("output_dir is empty: it would write into the current folder and overwrite its "
                              "results.json and metrics.jsonl; give a folder, e.g. output_dir=runs/NAME")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise ValueError(f"seed must be an integer from 0 to {MAX_SEED}, got {self.seed}")
 
 
 # -- overrides ---------------------------------------------------------------------------------------------
 
 _OVERRIDE = re.compile(r"^(?P<del>~)?(?P<key>[A-Za-z_][\w\-]*(?:\.[\w\-]+)*)(?:=(?P<value>.*))?$", re.S)
+
+
+def _is_index(text: str) -> bool:
+    """A list index written in ASCII digits (``str.isdigit`` also accepts ``'١٢'`` and ``'²'``)."""
+    return text.isascii() and text.isdigit()
 
 
 @attrs.define
@@ -101,7 +124,7 @@ def apply_overrides(data: dict, overrides: list[str], lines: dict[str, str]) -> 
         origin = f"override {raw!r}"
         parent: Any = data
         for i, k in enumerate(keys[:-1]):
-            key: Any = int(k) if isinstance(parent, list) and k.isdigit() else k
+            key: Any = int(k) if isinstance(parent, list) and _is_index(k) else k
             if isinstance(parent, dict):
                 if parent.get(key) is None and m["del"] is None:
                     parent[key] = {}
@@ -119,7 +142,7 @@ def apply_overrides(data: dict, overrides: list[str], lines: dict[str, str]) -> 
             last: Any = keys[-1]
             path = m["key"]
             if isinstance(parent, list):
-                if not last.isdigit() or int(last) >= len(parent):
+                if not _is_index(last) or int(last) >= len(parent):
                     problems.append(f"{origin}: {last!r} is not an index of the list at {'.'.join(keys[:-1])}")
                     continue
                 last = int(last)
@@ -161,7 +184,7 @@ def _lookup(data: Any, dotted: str) -> Any:
     for part in dotted.split("."):
         if isinstance(cur, dict) and part in cur:
             cur = cur[part]
-        elif isinstance(cur, list) and part.isdigit() and int(part) < len(cur):
+        elif isinstance(cur, list) and _is_index(part) and int(part) < len(cur):
             cur = cur[int(part)]
         else:
             return _MISSING
@@ -173,8 +196,28 @@ def interpolate(data: dict, lines: dict[str, str]) -> dict:
 
     A value that is exactly one reference keeps the referenced value's type (``${trainer.epochs}`` is an int).
     """
+    out, problems, _ = _interpolate_collecting(data, lines)
+    if problems:
+        raise ConfigError(problems)
+    return out
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def _interpolate_collecting(data: dict, lines: dict[str, str]) -> tuple[dict, list[str], list[str]]:
+    """:func:`interpolate`, returning ``(data, problems, paths of the problems)``; a bad reference becomes None.
+
+    References copy sub-trees, so a few lines of ``${...}`` could expand like an alias bomb: the output is
+    bounded by the YAML reader's :data:`~mercore.yaml_io.MAX_VALUES` too.
+    """
+    from mercore.yaml_io import MAX_VALUES
+
     problems: list[str] = []
+    bad_paths: list[str] = []
     where = LineMap(lines)
+    count = 0
 
     def resolve_ref(expr: str, path: str, depth: int) -> Any:
         expr = expr.strip()
@@ -183,6 +226,7 @@ def interpolate(data: dict, lines: dict[str, str]) -> dict:
             value = os.environ.get(name.strip())
             if value is None:
                 if not comma:
+                    bad_paths.append(path)
                     problems.append(f"{where.where(path)}: environment variable {name.strip()!r} is not set "
                                     f"(give a default with ${{env:{name.strip()},DEFAULT}})")
                     return None
@@ -190,12 +234,18 @@ def interpolate(data: dict, lines: dict[str, str]) -> dict:
             return parse_scalar(value)
         target = _lookup(data, expr)
         if target is _MISSING:
+            bad_paths.append(path)
             problems.append(f"{where.where(path)}: ${{{expr}}} refers to a key that does not exist")
             return None
         return resolve(target, expr, depth + 1)
 
     def resolve(value: Any, path: str, depth: int) -> Any:
+        nonlocal count
+        count += 1
+        if count > MAX_VALUES:
+            raise _TooLarge
         if depth > 20:
+            bad_paths.append(path)
             problems.append(f"{where.where(path)}: interpolation loop")
             return None
         if isinstance(value, dict):
@@ -209,10 +259,11 @@ def interpolate(data: dict, lines: dict[str, str]) -> dict:
             return _REF.sub(lambda mm: str(resolve_ref(mm[1], path, depth)), value)
         return value
 
-    out = resolve(data, "", 0)
-    if problems:
-        raise ConfigError(problems)
-    return out
+    try:
+        out = resolve(data, "", 0)
+    except _TooLarge:
+        return data, [f"the ${{...}} references expand the recipe to more than {MAX_VALUES:,} values"], [""]
+    return out, problems, bad_paths
 
 
 # -- the whole pipeline -------------------------------------------------------------------------------------
@@ -229,20 +280,42 @@ class LoadedRecipe:
 
 
 def load_recipe_data(path: str | Path, overrides: list[str] | None = None) -> tuple[dict, dict[str, str], list[OverrideNote]]:
-    """Parse a recipe file and apply overrides and interpolation; no validation yet."""
-    path = Path(path)
+    """Parse a recipe file and apply overrides and interpolation; no validation yet.
+
+    Raises:
+        ConfigError: with every problem of the three steps (duplicate keys, overrides, ``${...}``).
+    """
+    data, lines, notes, problems, _ = _load_recipe_data_collecting(Path(path), list(overrides or []))
+    if problems:
+        raise ConfigError(problems, source=str(path))
+    return data, lines, notes
+
+
+def _load_recipe_data_collecting(path: Path, overrides: list[str]
+                                 ) -> tuple[dict, dict[str, str], list[OverrideNote], list[str], list[str]]:
+    """The steps of :func:`load_recipe_data`, each step's problems collected instead of raised, so that one
+    report lists them all (a duplicate key *and* a bad ``${...}``). Unreadable files and invalid YAML still
+    raise: nothing after them can be checked.
+
+    Returns ``(data, lines, notes, problems, paths whose ${...} could not be resolved)``.
+    """
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError([f"recipe file {str(path)!r} does not exist"], source=str(path)) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError([f"cannot read recipe file {str(path)!r}: {exc}"], source=str(path)) from None
-    data, lines = parse_yaml(text, source=str(path))
+    data, lines, problems = parse_yaml_collecting(text, source=str(path))
     if not isinstance(data, dict):
         raise ConfigError([f"a recipe must be a mapping of keys, got {type(data).__name__}"], source=str(path))
-    notes = apply_overrides(data, list(overrides or []), lines)
-    data = interpolate(data, lines)
-    return data, lines, notes
+    notes: list[OverrideNote] = []
+    try:
+        notes = apply_overrides(data, overrides, lines)
+    except ConfigError as exc:
+        problems += exc.problems
+    data, more, bad_paths = _interpolate_collecting(data, lines)
+    problems += more
+    return data, lines, notes, problems, bad_paths
 
 
 def build_recipe(data: dict, registry: Registry, lines: dict[str, str] | None = None, source: str = "<recipe>") -> Recipe:
@@ -259,6 +332,13 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None, registry: 
         from mercore.plugins import get_registry
 
         registry = get_registry()
-    data, lines, notes = load_recipe_data(path, overrides)
-    recipe = build_recipe(data, registry, lines, source=str(path))
+    data, lines, notes, problems, unresolved = _load_recipe_data_collecting(Path(path), list(overrides or []))
+    # Validation runs even when earlier steps found problems, so one report lists everything; its own
+    # complaints about a key an earlier step already flagged are still worth reading (they are rare).
+    where = LineMap(lines)
+    recipe, more = validate_config(Recipe, copy.deepcopy(data), registry, where)
+    # a bad ${...} already said why its key is null: no second problem about that null
+    problems += [p for p in more if not any(p.startswith(where.where(b) + ":") for b in unresolved if b)]
+    if problems:
+        raise ConfigError(problems, source=str(path))
     return LoadedRecipe(recipe=recipe, data=data, source=str(path), notes=notes)

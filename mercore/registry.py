@@ -10,7 +10,6 @@ a plugin itself, so a broken plugin cannot break it (see :mod:`mercore.plugins`)
 from __future__ import annotations
 
 import difflib
-import importlib
 from typing import Any, Callable
 
 import attrs
@@ -169,22 +168,18 @@ class Registry:
         return msg
 
     def _resolve_module_attr(self, kind: str, ref: str) -> ComponentSpec:
-        module_name, _, attr = ref.partition(":")
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as exc:
-            raise RegistryError(f"{kind} {ref!r}: cannot import module {module_name!r}: {exc}") from exc
-        try:
-            factory = getattr(module, attr)
-        except AttributeError:
-            raise RegistryError(f"{kind} {ref!r}: module {module_name!r} has no attribute {attr!r}") from None
+        # Recipes are code: what may be imported, and what the attribute must look like, is decided by
+        # mercore.code_guard before anything is imported.
+        from mercore.code_guard import resolve_component_class
+
+        cls = resolve_component_class(ref, kind)
         return ComponentSpec(
             kind=kind,
             name=ref,
-            factory=factory,
-            config_cls=_config_class_of(factory, None),
+            factory=cls,
+            config_cls=_config_class_of(cls, None),
             plugin=LOCAL_PROVIDER,
-            doc=_first_paragraph(getattr(factory, "__doc__", None)),
+            doc=_first_paragraph(getattr(cls, "__doc__", None)),
         )
 
     def _check_kind(self, kind: str) -> None:

@@ -24,6 +24,7 @@ from mercore import checkpoint as ckpt
 from mercore import distributed as dist
 from mercore import metrics_log, run_lock, stop_signals
 from mercore.config import config_to_dict
+from mercore.data import checks
 from mercore.data.types import PAD_LABEL, Corpus, DialogueBatch, iterate_batches
 from mercore.errors import CheckpointError, ConfigError, StorageError, TrainingError
 from mercore.metrics import classification_report
@@ -92,6 +93,7 @@ def build_components(recipe: Recipe, corpus: Corpus | None = None, *, for_eval: 
     """
     if corpus is None:
         corpus = recipe.data.build().load()
+    checks.check_dialogue_lengths(corpus.splits, recipe.trainer.max_dialogue_length, corpus.source or corpus.name)
     context = model_context(corpus)
     model = recipe.model.build(**context)
     loss_fn = recipe.loss.build(num_classes=corpus.num_classes, train_label_counts=label_counts(corpus))
@@ -122,6 +124,7 @@ def evaluate(c: Components, split: str, batch_size: int, device: torch.device) -
     c.model.eval()
     if c.distiller is not None:
         c.distiller.eval()
+    checks.require_labels(c.corpus.split(split), split, c.corpus.source or c.corpus.name)
     golds, preds, rows = [], [], []
     # The teacher's forward is needed at evaluation only by a model that lets it guide there.
     guides_at_eval = model_guides_at_eval(c.model)

@@ -4,6 +4,8 @@
   (only ``true``/``false`` are booleans, as in YAML 1.2).
 - A key written twice in one mapping is an error naming both lines (PyYAML silently keeps the second).
 - Every dotted key path is mapped to its line, so validation errors can point at it.
+- Bombs are refused before they are expanded: nesting deeper than :data:`MAX_DEPTH`, a document whose aliases
+  expand to more than :data:`MAX_VALUES` values (the "billion laughs"), and recursive aliases (``&a [*a]``).
 """
 
 from __future__ import annotations
@@ -15,12 +17,36 @@ import yaml
 
 from mercore.errors import ConfigError
 
+#: Deepest nesting of mappings/lists a recipe may have (real recipes nest fewer than 10 levels).
+MAX_DEPTH = 64
+#: Most values (mapping keys, values and list items, aliases counted as often as they are used) a document may
+#: expand to. Real recipes have a few hundred; a 1.3 KB alias bomb expands to hundreds of millions.
+MAX_VALUES = 100_000
+
 _BOOL_TAG = "tag:yaml.org,2002:bool"
 _FLOAT_TAG = "tag:yaml.org,2002:float"
 
 
+class _TooDeep(Exception):
+    def __init__(self, mark: yaml.Mark):
+        self.mark = mark
+
+
 class RecipeLoader(yaml.SafeLoader):
-    """SafeLoader with YAML 1.2 booleans and exponent floats."""
+    """SafeLoader with YAML 1.2 booleans and exponent floats, and a nesting limit while composing."""
+
+    _depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        # PyYAML composes recursively (a few frames per level): 500 levels overflow Python's stack, so the
+        # depth is bounded here, with the line where the limit was crossed.
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise _TooDeep(self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
 
 RecipeLoader.yaml_implicit_resolvers = {
@@ -32,6 +58,51 @@ RecipeLoader.add_implicit_resolver(_BOOL_TAG, re.compile(r"^(?:true|True|TRUE|fa
 RecipeLoader.add_implicit_resolver(
     _FLOAT_TAG, re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789")
 )
+
+
+def _check_expansion(root: yaml.Node) -> str | None:
+    """A problem if the node graph (aliases share nodes) expands too large, too deep, or into itself.
+
+    Iterative post-order over distinct nodes with memoised sizes and depths: linear in the document, whatever
+    the aliases would expand to.
+    """
+    size: dict[int, int] = {}
+    depth: dict[int, int] = {}
+    active: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        key = id(node)
+        if key in size:
+            continue
+        if isinstance(node, yaml.MappingNode):
+            children = [n for pair in node.value for n in pair]
+        elif isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        else:
+            size[key], depth[key] = 1, 1
+            continue
+        if not children_done:
+            if key in active:
+                return f"line {node.start_mark.line + 1}: a recursive alias (a node that contains itself)"
+            active.add(key)
+            stack.append((node, True))
+            for child in children:
+                if id(child) in active:
+                    return f"line {child.start_mark.line + 1}: a recursive alias (a node that contains itself)"
+                if id(child) not in size:
+                    stack.append((child, False))
+            continue
+        active.discard(key)
+        size[key] = 1 + sum(size[id(c)] for c in children)
+        depth[key] = 1 + max((depth[id(c)] for c in children), default=0)
+        if size[key] > MAX_VALUES:
+            return (f"line {node.start_mark.line + 1}: the document expands to more than {MAX_VALUES:,} values "
+                    "(aliases that repeat aliases, a 'billion laughs' bomb?); a recipe has a few hundred")
+        if depth[key] > MAX_DEPTH:
+            return (f"line {node.start_mark.line + 1}: nesting deeper than {MAX_DEPTH} levels once aliases are "
+                    "expanded")
+    return None
 
 
 def _walk(node: yaml.Node, path: str, lines: dict[str, str], problems: list[str], loader: RecipeLoader) -> Any:
@@ -66,14 +137,31 @@ def parse_yaml(text: str, source: str = "<recipe>") -> tuple[Any, dict[str, str]
     """Parse YAML text into plain data and a ``{dotted.path: "line N"}`` map.
 
     Raises:
-        ConfigError: the text is not valid YAML, or has duplicate keys (all of them listed).
+        ConfigError: the text is not valid YAML, is a bomb (see the module docstring), or has duplicate keys
+            (all of them listed).
+    """
+    data, lines, problems = parse_yaml_collecting(text, source)
+    if problems:
+        raise ConfigError(problems, source=source)
+    return data, lines
+
+
+def parse_yaml_collecting(text: str, source: str = "<recipe>") -> tuple[Any, dict[str, str], list[str]]:
+    """Like :func:`parse_yaml`, but duplicate keys are returned as problems (the first value is kept), so a
+    caller can go on and report them together with later problems.
+
+    Raises:
+        ConfigError: the text cannot be read as data at all (invalid YAML, a bomb).
     """
     loader = None
     try:
         loader = RecipeLoader(text)  # the reader already refuses non-printable characters here
         node = loader.get_single_node()
         if node is None:
-            return {}, {}
+            return {}, {}, []
+        bomb = _check_expansion(node)
+        if bomb is not None:
+            raise ConfigError([bomb], source=source)
         lines: dict[str, str] = {}
         problems: list[str] = []
         data = _walk(node, "", lines, problems, loader)
@@ -82,13 +170,14 @@ def parse_yaml(text: str, source: str = "<recipe>") -> tuple[Any, dict[str, str]
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
         detail = getattr(exc, "problem", None) or str(exc)
         raise ConfigError([f"{where}invalid YAML: {detail}"], source=source) from None
+    except _TooDeep as exc:
+        raise ConfigError([f"line {exc.mark.line + 1}, column {exc.mark.column + 1}: nesting deeper than "
+                           f"{MAX_DEPTH} levels (a recipe nests fewer than 10)"], source=source) from None
     finally:
         if loader is not None:
             loader.dispose()
-    if problems:
-        raise ConfigError(problems, source=source)
     lines.pop("", None)
-    return data, lines
+    return data, lines, problems
 
 
 def parse_scalar(text: str) -> Any:

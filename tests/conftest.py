@@ -16,6 +16,10 @@ from hypothesis import settings
 settings.register_profile("mercore", derandomize=os.environ.get("MERCORE_FUZZ_RANDOM") != "1")
 settings.load_profile("mercore")
 
+# The engine tests name local toy components (toy_components:ToyModel), which a recipe may import only when
+# local code is allowed; the tests of that guard (tests/engine/test_code_guard.py) remove this again.
+os.environ["MERCORE_ALLOW_LOCAL_CODE"] = "1"
+
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
 SHARED_DATA = ROOT.parent / "shared" / "data"

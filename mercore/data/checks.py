@@ -40,21 +40,38 @@ def resolve_path(path: str) -> Path:
     return Path(os.path.expandvars(os.path.expanduser(path)))
 
 
+def _denied(p: Path, what: str, exc: OSError) -> DataError:
+    return DataError(f"{p}: {what} cannot be read: {exc.strerror or exc} (check its permissions and those of "
+                     "the folders above it)")
+
+
 def require_dir(path: str | os.PathLike[str], what: str = "data folder") -> Path:
+    """``path`` as a folder whose listing can be read; a missing, non-folder or unreadable one is a DataError."""
     p = Path(path)
-    if not p.is_dir():
-        hint = " (it is a file, not a folder)" if p.exists() else ""
-        raise DataError(f"{p}: {what} not found{hint} (working directory: {Path.cwd()})")
+    try:
+        if not p.is_dir():
+            hint = " (it is a file, not a folder)" if p.exists() else ""
+            raise DataError(f"{p}: {what} not found{hint} (working directory: {Path.cwd()})")
+        os.scandir(p).close()  # a folder without read (r) or search (x) permission fails here, not later
+    except PermissionError as exc:
+        raise _denied(p, what, exc) from None
     return p
 
 
 def require_file(path: str | os.PathLike[str], what: str = "file") -> Path:
+    """``path`` as a file that can be opened for reading. An unreadable file is reported as unreadable (not
+    as missing), a missing one as missing."""
     p = Path(path)
-    if not p.is_file():
-        if p.is_dir():
-            raise DataError(f"{p}: {what} is a folder, expected a file")
-        missing = f"; folder {p.parent} does not exist either" if not p.parent.is_dir() else ""
-        raise DataError(f"{p}: {what} not found{missing}")
+    try:
+        if not p.is_file():
+            if p.is_dir():
+                raise DataError(f"{p}: {what} is a folder, expected a file")
+            missing = f"; folder {p.parent} does not exist either" if not p.parent.is_dir() else ""
+            raise DataError(f"{p}: {what} not found{missing}")
+        with open(p, "rb"):
+            pass
+    except PermissionError as exc:
+        raise _denied(p, what, exc) from None
     return p
 
 
@@ -72,6 +89,9 @@ def check_modalities(requested: Sequence[str], available: Iterable[str], source:
     dup = sorted({m for m in requested if list(requested).count(m) > 1})
     if dup:
         raise DataError(f"{source}: modality {', '.join(map(repr, dup))} is requested twice")
+
+
+_FLOAT8 = tuple(getattr(torch, n) for n in dir(torch) if n.startswith("float8_"))
 
 
 def as_feature_matrix(value: Any, *, file: str | os.PathLike[str], dialogue_id: Any, field: str) -> torch.Tensor:
@@ -98,6 +118,11 @@ def as_feature_matrix(value: Any, *, file: str | os.PathLike[str], dialogue_id: 
         raise error(file, dialogue_id, field, f"features are not a rectangular array ({exc})") from exc
     if t.is_complex():
         raise error(file, dialogue_id, field, "features are complex numbers")
+    if not t.is_floating_point() or t.dtype in _FLOAT8:
+        # integer or boolean "features" are nearly always a wrong file or key (labels, ids, a mask), and
+        # float8 has too few bits to be a model input as stored; refuse rather than silently cast
+        raise error(file, dialogue_id, field, f"features must be floating point (float16, bfloat16, float32 or "
+                                              f"float64), got {str(t.dtype).replace('torch.', '')}")
     if t.ndim == 1 and t.numel() == 0:
         raise error(file, dialogue_id, field, "features are empty")
     if t.ndim != 2:
@@ -180,6 +205,56 @@ def encode_labels(raw: Any, names: Sequence[str], *, file: str | os.PathLike[str
             raise error(file, dialogue_id, field,
                         f"utterance {i}: label {y!r} is neither a label name nor a class index of {list(names)}")
     return torch.tensor(out, dtype=torch.long)
+
+
+def check_label_types(rows: Iterable[tuple[str, Any, Sequence[Any]]]) -> None:
+    """One label type per corpus: names (strings) or class indices (integers), never both.
+
+    A corpus that mixes them would map the integers onto the sorted names, silently changing classes.
+
+    Args:
+        rows: ``(where, dialogue id, raw labels)`` for every dialogue, in file order.
+
+    Raises:
+        DataError: naming the first dialogue whose labels are of the other type, and where the first type came
+            from.
+    """
+    first: tuple[str, str, Any] | None = None  # (type, where, dialogue id)
+    for where_row, did, labels in rows:
+        for i, y in enumerate(labels):
+            if y is None:
+                continue
+            kind = "name" if isinstance(y, str) else "index" if isinstance(y, (int, np.integer)) and not isinstance(
+                y, (bool, np.bool_)) else None
+            if kind is None:
+                continue  # encode_labels reports other values with their utterance
+            if first is None:
+                first = (kind, where_row, did)
+            elif kind != first[0]:
+                raise error(where_row, did, "labels",
+                            f"utterance {i}: label {y!r} is a class {kind}, but dialogue {str(first[2])!r} "
+                            f"({first[1]}) has class {first[0]}s; a corpus must use one label type: all names "
+                            "(e.g. 'happy') or all class indices (0, 1, ...)")
+
+
+def check_dialogue_lengths(splits: Mapping[str, list[Dialogue]], limit: int | None, source: str) -> None:
+    """Refuse a dialogue longer than ``limit`` utterances, naming it, before a model runs out of memory on it."""
+    if limit is None:
+        return
+    for split, dialogues in splits.items():
+        for d in dialogues:
+            if len(d) > limit:
+                raise DataError(
+                    f"{source}: dialogue {d.id!r} ({split}) has {len(d)} utterances, more than "
+                    f"trainer.max_dialogue_length={limit}; attention memory grows with the square of the length. "
+                    "Split the dialogue in the data, or raise the limit if memory allows")
+
+
+def require_labels(dialogues: Sequence[Dialogue], split: str, source: str) -> None:
+    """A split to evaluate must have at least one labelled utterance (else every metric would read 0.0)."""
+    if not any(bool((d.labels != PAD_LABEL).any()) for d in dialogues):
+        raise DataError(f"{source}: split {split!r} has no labelled utterances ({len(dialogues)} dialogues, every "
+                        "label null); it cannot be evaluated. Give it labels, or evaluate another split")
 
 
 def speaker_indices(raw: Any, *, file: str | os.PathLike[str], dialogue_id: Any, field: str,

@@ -99,6 +99,14 @@ class MultimodalModel(nn.Module):
                 problems.append(f"self_distill_temperature must be > 0, got {self.self_distill_temperature}")
             if self.anchor is not None and self.anchor not in mods:
                 problems.append(f"anchor {self.anchor!r} is not among modalities {mods}")
+            # Checks across nodes, at validate time (not when --build or the run constructs the layers).
+            fusion_anchor = getattr(getattr(self.fusion, "config", None), "anchor", None)
+            if isinstance(fusion_anchor, str) and fusion_anchor not in mods:
+                problems.append(f"fusion.anchor {fusion_anchor!r} is not among modalities {mods}")
+            for part in ("encoder", "fusion"):
+                heads = getattr(getattr(getattr(self, part), "config", None), "heads", None)
+                if isinstance(heads, int) and (heads < 1 or self.hidden % heads):
+                    problems.append(f"hidden {self.hidden} is not divisible by {part}.heads={heads}")
             if problems:
                 raise ValueError("; ".join(problems))
 

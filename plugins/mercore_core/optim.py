@@ -11,12 +11,21 @@ import torch
 from mercore.config import option
 
 
+def _check_lr(lr: float) -> None:
+    # torch would refuse these only when the optimizer is built, after the data is loaded
+    if not math.isfinite(lr) or lr < 0:
+        raise ValueError(f"lr must be a finite number >= 0, got {lr}")
+
+
 @attrs.define
 class AdamWConfig:
     lr: float = option(1e-3, help="peak learning rate")
     weight_decay: float = option(0.01, help="decoupled weight decay (not applied to biases and norms)")
     betas: list[float] = option(factory=lambda: [0.9, 0.999], help="Adam betas")
     eps: float = option(1e-8)
+
+    def __attrs_post_init__(self) -> None:
+        _check_lr(self.lr)
 
 
 def adamw(config: AdamWConfig, *, params: Iterable[tuple[str, torch.nn.Parameter]], **_: object) -> torch.optim.Optimizer:
@@ -34,6 +43,9 @@ class AdamConfig:
     lr: float = option(1e-4, help="learning rate")
     weight_decay: float = option(1e-5, help="L2 penalty (coupled, as in SDT's Adam)")
 
+    def __attrs_post_init__(self) -> None:
+        _check_lr(self.lr)
+
 
 def adam(config: AdamConfig, *, params: Iterable[tuple[str, torch.nn.Parameter]], **_: object) -> torch.optim.Optimizer:
     """Adam with coupled L2 weight decay, the optimizer of SDT's scripts."""
@@ -44,6 +56,12 @@ def adam(config: AdamConfig, *, params: Iterable[tuple[str, torch.nn.Parameter]]
 class WarmupCosineConfig:
     warmup_ratio: float = option(0.1, help="fraction of all steps spent in linear warm-up")
     min_lr_ratio: float = option(0.0, help="final learning rate as a fraction of the peak")
+
+    def __attrs_post_init__(self) -> None:
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise ValueError(f"warmup_ratio must be in [0, 1) (a fraction of all steps), got {self.warmup_ratio}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ValueError(f"min_lr_ratio must be in [0, 1] (a fraction of the peak), got {self.min_lr_ratio}")
 
 
 def warmup_cosine(config: WarmupCosineConfig, *, optimizer: torch.optim.Optimizer, total_steps: int, **_: object):
