@@ -33,14 +33,14 @@ def test_summer_text_trains_teacher_then_student_in_one_command(corpus, tmp_path
         pytest.skip(f"{root} is absent: the real-text recipes need ../shared/data beside the project")
     out = tmp_path / "run"
     proc = _run([f"recipes/summer_text_{corpus}.yaml", f"data.root={root}", f"output_dir={out}", "seed=0",
-                 "trainer.epochs=1", "distiller.teacher_overrides=[\"trainer.epochs=1\", \"data.root=" + str(root)
-                 + "\"]"], subprocess_env)
+                 "trainer.epochs=1", "stages.teacher.overrides=[trainer.epochs=1]"], subprocess_env)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     for run_dir in (out / "teacher", out):  # the teacher was trained first, into OUTPUT_DIR/teacher
         results = json.loads((run_dir / "results.json").read_text())
         assert list(results["test"]["per_class_f1"]) == LABELS[corpus]
         assert 0.0 < results["test"]["weighted_f1"] <= 1.0
-    assert "teacher done" in proc.stdout + proc.stderr
+    assert "stage plan" in proc.stdout and f"data.root={root}" in proc.stdout  # the teacher inherits data.root
+    assert "[teacher] done" in proc.stdout + proc.stderr
     assert "weighted F1" in proc.stdout or "weighted_f1" in proc.stdout
 
 
