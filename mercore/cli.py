@@ -1,4 +1,4 @@
-"""The ``mercore`` command line: run, validate, eval, plugins, list, show.
+"""The ``mercore`` command line: run, validate, eval, plugins, list, show, sweep, report, compare.
 
 Exit codes: 0 success; 1 a data, checkpoint or training error; 2 a recipe or registry error; 130 interrupted.
 """
@@ -225,6 +225,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("kind")
     p.add_argument("name")
     p.set_defaults(func=cmd_show)
+
+    from mercore import compare, report, sweep
+
+    sweep.add_parser(sub)
+    report.add_parser(sub)
+    compare.add_parser(sub)
     return parser
 
 

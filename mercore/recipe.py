@@ -57,7 +57,8 @@ class Recipe:
     scheduler: Node | None = component("scheduler", {"type": "constant"})
     trainer: TrainerConfig = option(factory=TrainerConfig)
     seed: int = option(0, help="seed of every random number generator")
-    output_dir: str = option("runs/default", help="run directory (recipe.yaml, metrics, checkpoints)")
+    output_dir: str = option("runs/default", help="run directory (recipe.yaml, metrics, checkpoints); a recipe file "
+                                                  "without one gets runs/{name}/seed{seed}")
     resume: bool = option(False, help="continue the run in output_dir from its latest checkpoint")
     name: str = option("", help="a name for logs")
     description: str = option("", help="free text")
@@ -233,8 +234,17 @@ def load_recipe_data(path: str | Path, overrides: list[str] | None = None) -> tu
     if not isinstance(data, dict):
         raise ConfigError([f"a recipe must be a mapping of keys, got {type(data).__name__}"], source=str(path))
     notes = apply_overrides(data, list(overrides or []), lines)
+    if "output_dir" not in data:  # one folder per recipe and seed, so a seed loop needs no hand-made paths
+        data["output_dir"] = default_output_dir(data, path)
     data = interpolate(data, lines)
     return data, lines, notes
+
+
+def default_output_dir(data: dict, path: Path) -> str:
+    """``runs/{name}/seed{seed}`` for a recipe without ``output_dir`` (name: the recipe's, else the file stem)."""
+    name = "${name}" if data.get("name") else path.stem
+    seed = "${seed}" if "seed" in data else "0"
+    return f"runs/{name}/seed{seed}"
 
 
 def build_recipe(data: dict, registry: Registry, lines: dict[str, str] | None = None, source: str = "<recipe>") -> Recipe:

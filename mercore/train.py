@@ -167,6 +167,9 @@ class Trainer:
         self.is_main = self.rank == 0
         self._log = log
         self._stop_requested = False
+        # Sums and counts of ModelOutput.stats over this epoch's training steps (logged as the epoch's means;
+        # after a mid-epoch resume they cover the steps since the resume).
+        self._stat_sums: dict[str, list[float]] = {}
 
     def log(self, msg: str) -> None:
         if self.is_main:
@@ -272,6 +275,9 @@ class Trainer:
                 record = {"epoch": epoch + 1, "train_loss": train_loss, "lr": optimizer.param_groups[0]["lr"],
                           "dev": _summary(dev), "test": _summary(test), "selected": improved,
                           "seconds": round(time.perf_counter() - t_epoch, 3)}
+                if self._stat_sums:
+                    record["stats"] = {k: total / n for k, (total, n) in sorted(self._stat_sums.items())}
+                    self._stat_sums = {}
                 if improved:
                     state["best_score"], state["best_epoch"] = score, epoch + 1
                     state["epochs_without_improvement"] = 0
@@ -300,7 +306,10 @@ class Trainer:
         return self._finish(c, device, state, time.perf_counter() - t_start)
 
     def _train_step(self, c, train_model, batch, optimizer, scheduler, epoch, step, state) -> tuple[float, dict]:
-        _, terms = forward_batch(c, batch, model=train_model)
+        out, terms = forward_batch(c, batch, model=train_model)
+        for key, value in out.stats.items():
+            acc = self._stat_sums.setdefault(key, [0.0, 0])
+            acc[0], acc[1] = acc[0] + float(value), acc[1] + 1
         total = sum(terms.values())
         total = dist.scale_loss(total, batch)
         if not torch.isfinite(total):

@@ -24,7 +24,10 @@ class MoEOutput:
             (``"{name}.balance"``, ``"{name}.z_loss"``); the model passes them on in ``ModelOutput.aux_losses``.
         stats: named floats for logging: ``"{name}.load.{e}"`` share of the used routing slots that went to
             expert e, ``"{name}.entropy"`` mean router entropy (nats), ``"{name}.experts_per_token"`` mean
-            number of used slots per real token.
+            number of used slots (active experts) per real token, ``"{name}.top_masked"`` the fraction of real
+            tokens whose top expert (argmax of the raw router logits) is not in their selection (0 for top-k
+            and top-p; with ``noisy_topk`` in training, the noise moved it out; with ``sigma_gumbel``, the band
+            switched it off).
         routing: the router's :class:`Routing` over the ``N`` real tokens (``x[mask]`` order), for analysis.
     """
 
@@ -140,16 +143,20 @@ class SDMoE(nn.Module):
         if n == 0:
             return {}
         load = expert_fractions(routing, e, "count")
+        top = routing.logits.argmax(dim=1, keepdim=True)  # (N, 1) each token's strongest expert
+        top_masked = ~routing.selection(e).gather(1, top).squeeze(1)  # (N,) it is not among the used ones
         values = torch.cat(
             [
                 load.float(),
                 router_entropy(routing.probs).float().reshape(1),
                 routing.used.sum(dim=1).float().mean().reshape(1),
+                top_masked.float().mean().reshape(1),
             ]
         ).tolist()  # one host sync for all stats
         stats = {f"{self.name}.load.{i}": values[i] for i in range(e)}
         stats[f"{self.name}.entropy"] = values[e]
         stats[f"{self.name}.experts_per_token"] = values[e + 1]
+        stats[f"{self.name}.top_masked"] = values[e + 2]
         return stats
 
 
