@@ -71,6 +71,8 @@ class Comparison:
 def read_predictions(run_dir: str | Path) -> RunPredictions:
     """Read ``RUN_DIR/predictions_test.jsonl`` (or the file itself), sorted by ``(dialogue, index)``."""
     path = Path(run_dir)
+    if not path.exists():
+        raise DataError(f"{path}: no such run directory or predictions file")
     if path.is_dir():
         path = path / PREDICTIONS
     if not path.is_file():
@@ -119,6 +121,7 @@ def weighted_f1_from_counts(tp: np.ndarray, predicted: np.ndarray, support: np.n
 
     ``F1_c = 2 tp_c / (predicted_c + support_c)`` (0 where both are 0), sklearn's ``average="weighted"``.
     """
+    support = np.broadcast_to(support, np.broadcast_shapes(np.shape(tp), np.shape(support)))
     denom = predicted + support
     f1 = np.divide(2 * tp, denom, out=np.zeros_like(tp, dtype=float), where=denom > 0)
     total = support.sum(-1)

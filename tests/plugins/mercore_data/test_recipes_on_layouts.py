@@ -83,7 +83,7 @@ def one_step(recipe: str, overrides: list[str]) -> dict[str, float]:
     after = [p.detach() for _, p in params if p.requires_grad]
     assert any(not torch.equal(a, b) for a, b in zip(before, after)), "one step changed no parameter"
     assert out.logits.shape[:2] == batch.labels.shape
-    return {k: float(v) for k, v in terms.items()}
+    return {k: float(v.detach()) for k, v in terms.items()}
 
 
 def teacher_overrides(data: list[str]) -> list[str]:
