@@ -5,7 +5,8 @@ defaults to ``runs/sweep/<recipe file stem>``). Resumable: a run with a ``result
 skipped; a run with checkpoints but no results is resumed (``resume=true``); the others start. Then it ranks the
 settings by their mean dev score over seeds (the recipe's ``trainer.select_metric``, the same dev score that
 selected each run's checkpoint) and writes ``OUT/sweep.md`` and ``OUT/sweep.csv``. Test scores are read for the
-selected (top) setting only; the other rows have none, and the table says so.
+selected (top) setting only; the other rows have none, and the table says so. The trainer's epoch lines are
+shown without their test scores (each run's ``metrics.jsonl`` and ``results.json`` still hold them).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import attrs
 from mercore.errors import ConfigError
 from mercore.report import mean_std, to_csv, to_markdown
 
+# The trainer's epoch line shows test scores; a sweep shows only dev (metrics.jsonl keeps both, as for any run).
+_TEST_IN_LOG = re.compile(r"\s+test acc \S+ wF1 \S+")
 _GRID = re.compile(r"^(?P<key>[A-Za-z_~][\w\-.]*)=(?P<values>.+)$", re.S)
 
 
@@ -88,7 +91,7 @@ def run_one(recipe: str, overrides: Sequence[str], run_dir: Path, log: Callable[
     loaded = load_recipe(recipe, [*overrides, f"output_dir={run_dir}", *(["resume=true"] if resume else [])])
     for note in loaded.notes:
         log(f"note: {note.message}")
-    Trainer(loaded, log=log).run()
+    Trainer(loaded, log=lambda msg: log(_TEST_IN_LOG.sub("", msg))).run()
     return "resumed" if resume else "ran"
 
 

@@ -61,6 +61,7 @@ def test_sweep_ranks_on_dev_reads_test_once_and_resumes(recipe, tmp_path, monkey
         devs = [json.loads((d / "results.json").read_text())["dev"]["weighted_f1"] for d in r.run_dirs]
         assert r.dev_scores == devs
     assert ranked[0].dev_mean >= ranked[1].dev_mean
+    assert any("dev acc" in line for line in logs) and not any("test acc" in line for line in logs)
     rows = list(csv.DictReader((out / "sweep.csv").open()))
     assert [row["setting"] for row in rows] == [" ".join(r.overrides) for r in ranked]
     tests = [json.loads((d / "results.json").read_text())["test"]["weighted_f1"] for d in ranked[0].run_dirs]
