@@ -31,8 +31,9 @@ layout         corpus  n     items (file as its authors ship it)
 ``multiemo``   MELD    10    the MELD ``mmgcn`` items (MultiEMO ``Speakers.pkl``); features from ``feature_files``
 =============  ======  ====  =====================================================================================
 
-The last MELD item of the ``mmgcn``, ``dialoguegcn`` and ``sdt`` layouts is discarded by those authors'
-loaders (``_``); it is read here as the sentiment labels, and only with ``target: sentiment``. ``multiemo`` has
+The last MELD item of ``dialoguegcn`` is the sentiment labels (DialogueGCN's loader reads it as
+``videoLabelsSentiment``); MMGCN's and SDT's loaders discard their last item (``_``). It is read here as the
+sentiment labels, and only with ``target: sentiment``. ``multiemo`` has
 the same items as ``mmgcn``, so ``auto`` reads MultiEMO's ``Speakers.pkl`` as ``mmgcn``; naming ``multiemo``
 makes ``feature_files`` required for every modality. The text of ``sdt`` is ``videoText`` (SDT's loader feeds
 it, not roberta2..4), of ``cosmic`` ``roberta1`` (the last RoBERTa layer in COSMIC's extraction script).
