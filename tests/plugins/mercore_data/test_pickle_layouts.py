@@ -162,7 +162,7 @@ def test_named_layout_that_does_not_fit(tmp_path):
     with pytest.raises(DataError, match=r"sdt.pkl: layout 'cosmic' expects 10 items \(speakers, labels, roberta1.*got "
                                         r"a tuple of 12 items"):
         load("iemocap", path, layout="cosmic")
-    # right count, wrong places: MMGCN's 9 items read as... nothing else has 9 for IEMOCAP; a cosmic list shuffled
+    # the right number of items in the wrong places (a COSMIC list with an id list where the speakers go)
     bad = list(safe_load(write_fake_pickle(tmp_path / "c.pkl", "iemocap", "cosmic", num_dialogues=6)))
     bad[0], bad[7] = bad[7], bad[0]
     (tmp_path / "shuffled.pkl").write_bytes(pickle.dumps(bad, protocol=2))

@@ -10,7 +10,7 @@ import torch
 
 from mercore.recipe import load_recipe
 from mercore.train import Trainer
-from mercore_summer.moe import SDMoE, SigmaGumbelRouter, TopKRouter
+from mercore_summer.moe import SDMoE, SigmaGumbelRouter
 
 
 def sdmoe(num_experts: int, router: dict) -> SDMoE:
