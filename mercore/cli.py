@@ -1,4 +1,4 @@
-"""The ``mercore`` command line: run, validate, eval, plugins, list, show.
+"""The ``mercore`` command line: run, validate, eval, plugins, list, show, sweep, report, compare.
 
 Exit codes: 0 success; 1 a data, checkpoint, storage, training or file-access error; 2 a recipe, registry,
 output_dir or usage error; 128 + signum when stopped by a signal after saving a checkpoint (130 Ctrl-C,
@@ -309,6 +309,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("kind")
     p.add_argument("name")
     p.set_defaults(func=cmd_show)
+
+    from mercore import compare, report, sweep
+
+    sweep.add_parser(sub)
+    report.add_parser(sub)
+    compare.add_parser(sub)
     return parser
 
 

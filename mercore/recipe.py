@@ -74,7 +74,8 @@ class Recipe:
     scheduler: Node | None = component("scheduler", {"type": "constant"})
     trainer: TrainerConfig = option(factory=TrainerConfig)
     seed: int = option(0, help="seed of every random number generator")
-    output_dir: str = option("runs/default", help="run directory (recipe.yaml, metrics, checkpoints)")
+    output_dir: str = option("runs/default", help="run directory (recipe.yaml, metrics, checkpoints); a recipe file "
+                                                  "without one gets runs/{name}/seed{seed}")
     stages: dict[str, StageConfig] = option(
         factory=dict, help="runs of other recipes trained first (e.g. an IKD teacher); see mercore.stages")
     resume: bool = option(False, help="continue the run in output_dir from its latest checkpoint")
@@ -313,9 +314,18 @@ def _load_recipe_data_collecting(path: Path, overrides: list[str]
         notes = apply_overrides(data, overrides, lines)
     except ConfigError as exc:
         problems += exc.problems
+    if "output_dir" not in data:  # one folder per recipe and seed, so a seed loop needs no hand-made paths
+        data["output_dir"] = default_output_dir(data, path)
     data, more, bad_paths = _interpolate_collecting(data, lines)
     problems += more
     return data, lines, notes, problems, bad_paths
+
+
+def default_output_dir(data: dict, path: Path) -> str:
+    """``runs/{name}/seed{seed}`` for a recipe without ``output_dir`` (name: the recipe's, else the file stem)."""
+    name = "${name}" if data.get("name") else path.stem
+    seed = "${seed}" if "seed" in data else "0"
+    return f"runs/{name}/seed{seed}"
 
 
 def build_recipe(data: dict, registry: Registry, lines: dict[str, str] | None = None, source: str = "<recipe>") -> Recipe:

@@ -42,7 +42,7 @@ def _tamper(path: Path, edit) -> Path:
 
 
 def test_iemocap_standard_layout_and_dims(tmp_path):
-    path = write_fake_iemocap_pickle(tmp_path / "IEMOCAP_features.pkl", num_dialogues=10, seed=1, utterances=(3, 5))
+    path = write_fake_iemocap_pickle(tmp_path / "IEMOCAP_features.pkl", num_dialogues=10, seed=1, utterances=(3, 5), layout="sdt")
     corpus = _iemocap(path)
     assert corpus.name == "iemocap" and corpus.num_classes == 6
     assert corpus.modality_dims == {"text": 1024, "audio": 1582, "visual": 342}
@@ -55,7 +55,7 @@ def test_iemocap_standard_layout_and_dims(tmp_path):
 
 
 def test_iemocap_dev_selection_seed_and_speaker_order(tmp_path):
-    path = write_fake_iemocap_pickle(tmp_path / "f.pkl", num_dialogues=25, seed=2, dims=SMALL)
+    path = write_fake_iemocap_pickle(tmp_path / "f.pkl", num_dialogues=25, seed=2, dims=SMALL, layout="mmgcn")
     train_ids = sorted(safe_load(path)[7])
     head = _iemocap(path, dev_selection="head", dev_ratio=0.1)
     assert [d.id for d in head.splits["dev"]] == train_ids[:2]  # int(0.1 * 20) = 2, first in (sorted) order
@@ -69,11 +69,11 @@ def test_iemocap_dev_selection_seed_and_speaker_order(tmp_path):
     assert d.speakers.tolist() == [0 if s == "M" else 1 for s in raw_speakers[d.id]]
 
 
-@pytest.mark.parametrize("variant, modalities", [("sdt", ["text", "audio", "visual"]),
+@pytest.mark.parametrize("variant, modalities", [("mmgcn", ["text", "audio", "visual"]),
                                                  ("dialoguegcn", ["text", "audio"]),
-                                                 ("roberta", ["text", "audio", "visual"])])
+                                                 ("sdt", ["text", "audio", "visual"])])
 def test_meld_layouts(tmp_path, variant, modalities):
-    path = write_fake_meld_pickle(tmp_path / "meld.pkl", num_dialogues=10, seed=0, variant=variant,
+    path = write_fake_meld_pickle(tmp_path / "meld.pkl", num_dialogues=10, seed=0, layout=variant,
                                   dims={"text": 600})
     corpus = _meld(path, modalities=modalities)
     assert corpus.label_names == ["neutral", "surprise", "fear", "sadness", "joy", "disgust", "anger"]
@@ -87,7 +87,7 @@ def test_meld_layouts(tmp_path, variant, modalities):
 
 
 def test_meld_sentiment_target_and_file_speaker_order(tmp_path):
-    path = write_fake_meld_pickle(tmp_path / "meld.pkl", num_dialogues=6, dims=SMALL)
+    path = write_fake_meld_pickle(tmp_path / "meld.pkl", num_dialogues=6, dims=SMALL, layout="mmgcn")
     corpus = _meld(path, target="sentiment", speaker_order="file", modalities=["text"])
     raw = safe_load(path)
     d = corpus.splits["test"][0]
@@ -97,7 +97,7 @@ def test_meld_sentiment_target_and_file_speaker_order(tmp_path):
 
 
 def test_dict_layout_with_validation_list_and_multiemo_feature_files(tmp_path):
-    path = write_fake_iemocap_pickle(tmp_path / "f.pkl", num_dialogues=12, dims=SMALL)
+    path = write_fake_iemocap_pickle(tmp_path / "f.pkl", num_dialogues=12, dims=SMALL, layout="mmgcn")
     items = safe_load(path)
     names = ["videoIDs", "videoSpeakers", "videoLabels", "videoText", "videoAudio", "videoVisual", "videoSentence",
              "trainVid", "testVid"]
@@ -120,7 +120,7 @@ def test_dict_layout_with_validation_list_and_multiemo_feature_files(tmp_path):
 @pytest.fixture
 def fake(tmp_path) -> Path:
     return write_fake_iemocap_pickle(tmp_path / "iemocap.pkl", num_dialogues=8, seed=3, dims=SMALL,
-                                     utterances=(3, 6))
+                                     utterances=(3, 6), layout="mmgcn")
 
 
 def _some_train_id(path: Path) -> str:
@@ -143,7 +143,7 @@ def test_unknown_layout_and_missing_split(tmp_path, fake):
 
 
 def test_requested_modality_missing(tmp_path):
-    path = write_fake_meld_pickle(tmp_path / "meld.pkl", num_dialogues=5, dims=SMALL, variant="dialoguegcn")
+    path = write_fake_meld_pickle(tmp_path / "meld.pkl", num_dialogues=5, dims=SMALL, layout="dialoguegcn")
     _raises(_meld, path, "meld.pkl", "'visual'", "does not have")
     _raises(_meld, path, "meld.pkl", "'depth'", modalities=["text", "depth"])
 
@@ -179,10 +179,10 @@ def test_empty_dialogue_and_length_mismatch(fake, tmp_path):
             o[k][vid] = []
     _raises(_iemocap, _tamper(fake, empty), "iemocap.pkl", repr(vid), "empty")
 
-    path = write_fake_iemocap_pickle(tmp_path / "b.pkl", num_dialogues=8, seed=3, dims=SMALL, utterances=(3, 6))
+    path = write_fake_iemocap_pickle(tmp_path / "b.pkl", num_dialogues=8, seed=3, dims=SMALL, utterances=(3, 6), layout="mmgcn")
     _tamper(path, lambda o: o[1][vid].pop())
     _raises(_iemocap, path, "b.pkl", repr(vid), "'videoSpeakers'", "different lengths")
-    path = write_fake_iemocap_pickle(tmp_path / "c.pkl", num_dialogues=8, seed=3, dims=SMALL, utterances=(3, 6))
+    path = write_fake_iemocap_pickle(tmp_path / "c.pkl", num_dialogues=8, seed=3, dims=SMALL, utterances=(3, 6), layout="mmgcn")
     _tamper(path, lambda o: o[3][vid].pop())
     _raises(_iemocap, path, "c.pkl", repr(vid), "'videoText'", "different lengths")
 
@@ -191,10 +191,10 @@ def test_dialogue_missing_from_features_and_bad_speakers(fake, tmp_path):
     vid = _some_train_id(fake)
     _tamper(fake, lambda o: o[4].pop(vid))
     _raises(_iemocap, fake, "iemocap.pkl", repr(vid), "'videoAudio'", "missing")
-    path = write_fake_iemocap_pickle(tmp_path / "b.pkl", num_dialogues=8, seed=3, dims=SMALL, utterances=(3, 6))
+    path = write_fake_iemocap_pickle(tmp_path / "b.pkl", num_dialogues=8, seed=3, dims=SMALL, utterances=(3, 6), layout="mmgcn")
     _tamper(path, lambda o: o[1][vid].__setitem__(0, "X"))
     _raises(_iemocap, path, "b.pkl", repr(vid), "'videoSpeakers'", "'X'", speaker_order="file")
-    mpath = write_fake_meld_pickle(tmp_path / "m.pkl", num_dialogues=5, dims=SMALL)
+    mpath = write_fake_meld_pickle(tmp_path / "m.pkl", num_dialogues=5, dims=SMALL, layout="mmgcn")
     _tamper(mpath, lambda o: o[1][0].__setitem__(0, [1.0, 1.0] + [0.0] * 7))
     _raises(_meld, mpath, "m.pkl", "'0'", "'videoSpeakers'", "one-hot")
 
@@ -203,6 +203,6 @@ def test_ragged_and_non_numeric_features(fake, tmp_path):
     vid = _some_train_id(fake)
     _tamper(fake, lambda o: o[3][vid].__setitem__(0, np.zeros(5, np.float32)))
     _raises(_iemocap, fake, "iemocap.pkl", repr(vid), "'videoText'", "different shapes")
-    path = write_fake_iemocap_pickle(tmp_path / "b.pkl", num_dialogues=8, seed=3, dims=SMALL, utterances=(3, 6))
+    path = write_fake_iemocap_pickle(tmp_path / "b.pkl", num_dialogues=8, seed=3, dims=SMALL, utterances=(3, 6), layout="mmgcn")
     _tamper(path, lambda o: o[4].__setitem__(vid, ["not", "numbers"]))
     _raises(_iemocap, path, "b.pkl", repr(vid), "'videoAudio'", "not numeric")

@@ -100,7 +100,7 @@ def test_sigma_mask_experts_axis():
 
 
 def test_sigma_mask_experts_axis_is_a_no_op_with_four_experts():
-    # The documented reason the default is not "experts": among 4 values no z-score exceeds 1.5.
+    # The documented reason the default is not "experts": among 4 values no z-score exceeds sqrt(3) = 1.73 < c = 2.
     torch.manual_seed(0)
     logits = torch.randn(200, 4) * torch.tensor([1.0, 10.0, 100.0, 0.1])
     logits[0] = torch.tensor([100.0, 0.0, 0.0, 0.0])

@@ -68,7 +68,10 @@ class MoEOutput:
             (``"{name}.balance"``, ``"{name}.z_loss"``); the model passes them on in ``ModelOutput.aux_losses``.
         stats: named floats for logging: ``"{name}.load.{e}"`` share of the used routing slots that went to
             expert e, ``"{name}.entropy"`` mean router entropy (nats), ``"{name}.experts_per_token"`` mean
-            number of used slots per real token.
+            number of used slots (active experts) per real token, ``"{name}.top_masked"`` the fraction of real
+            tokens whose top expert (argmax of the raw router logits) is not in their selection (0 for top-k
+            and top-p; with ``noisy_topk`` in training, the noise moved it out; with ``sigma_gumbel``, the band
+            switched it off).
         routing: the router's :class:`Routing` over the ``N`` real tokens (``x[mask]`` order), for analysis.
     """
 

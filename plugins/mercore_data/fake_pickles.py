@@ -1,9 +1,23 @@
-"""Write feature pickles with exactly the standard layouts and shapes, filled with random numbers.
+"""Write feature pickles with exactly the public layouts (item order, container types, dims), random values.
 
-The real MMGCN/SDT/MultiEMO pickles are hundreds of MB and not redistributable; tests use these fakes to prove
-that the pickle readers and every recipe run unchanged on those layouts. See :mod:`mercore_data.pickles` for
-the layouts. Written with pickle protocol 2, as the Python 2-era originals were (so ``set`` is stored as the
-global ``__builtin__.set``, exercising the restricted unpickler's name mapping).
+The real MMGCN/SDT/COSMIC/MultiEMO pickles are hundreds of MB and not redistributable; tests use these fakes to
+prove that the pickle readers and every recipe run unchanged on those layouts. See :mod:`mercore_data.pickles`
+for the layouts. What is reproduced, per layout (from the authors' loaders and extraction scripts):
+
+* ``mmgcn``, ``sdt``, ``dialoguegcn`` and ``multiemo`` (``Speakers.pkl``): a tuple; IEMOCAP ``trainVid``/
+  ``testVid`` are ``set`` (sessions 1-4 / session 5), features lists of ``T`` float32 vectors; MELD ids are
+  ints, ``trainVid``/``testVid`` lists, features ``(T, D)`` float32 arrays, speakers 9-dim one-hot lists.
+* ``cosmic``: a *list* (COSMIC's script pickles a list), ids lists (``trainIds``, ``testIds``, ``validIds``),
+  features lists of ``T`` float32 rows of 1024 (``roberta1..4``), labels ints, speakers as above.
+* ``multiemo``: ``Speakers.pkl`` plus ``TextFeatures.pkl``/``AudioFeatures.pkl``/``VisualFeatures.pkl``
+  (``{vid: (T, D)}``) in the same folder. MultiEMO's loader ignores items 0 and 3-6 of ``Speakers.pkl``;
+  what they hold in the real file, and the real dims of its feature files, are not known here: the fake puts
+  the MMGCN features there and uses the SDT dims for the feature files.
+
+Dims default to the public files' (``DIMS``). The dialogues (ids, lengths, speakers, labels, splits) depend only
+on ``corpus``, ``num_dialogues``, ``seed`` and ``utterances``, not on the layout, so two fakes written with the
+same arguments agree as COSMIC's and MMGCN's files do (``text_file``). Written with pickle protocol 2, as the
+Python 2-era originals were (so ``set`` is stored as ``__builtin__.set``, exercising the restricted unpickler).
 """
 
 from __future__ import annotations
@@ -11,107 +25,151 @@ from __future__ import annotations
 import os
 import pickle
 from pathlib import Path
-from typing import Literal
+from typing import Any
 
 import numpy as np
 
-#: Feature dims of the public files.
-IEMOCAP_DIMS = {"text": 1024, "audio": 1582, "visual": 342}
-MELD_DIMS = {"text": 1024, "audio": 300, "visual": 342}
+#: (corpus, layout) -> the feature dims of the public file (``text`` of cosmic = roberta1..4).
+DIMS: dict[tuple[str, str], dict[str, int]] = {
+    ("iemocap", "mmgcn"): {"text": 100, "audio": 1582, "visual": 342},
+    ("iemocap", "sdt"): {"text": 1024, "audio": 1582, "visual": 342},
+    ("iemocap", "cosmic"): {"text": 1024},
+    ("iemocap", "multiemo"): {"text": 1024, "audio": 1582, "visual": 342},
+    ("meld", "mmgcn"): {"text": 600, "audio": 300, "visual": 342},
+    ("meld", "dialoguegcn"): {"text": 600, "audio": 300},
+    ("meld", "sdt"): {"text": 1024, "audio": 300, "visual": 342},
+    ("meld", "cosmic"): {"text": 1024},
+    ("meld", "multiemo"): {"text": 1024, "audio": 300, "visual": 342},
+}
+#: The dims the shipped multimodal recipes expect (SDT's files).
+IEMOCAP_DIMS = DIMS[("iemocap", "sdt")]
+MELD_DIMS = DIMS[("meld", "sdt")]
+_UTTERANCES = {"iemocap": (4, 12), "meld": (2, 10)}
 
 
-def _lengths(rng: np.random.Generator, n: int, utterances: tuple[int, int]) -> list[int]:
+def _dialogues(corpus: str, num_dialogues: int, seed: int, utterances: tuple[int, int]) -> dict[str, Any]:
+    """The layout-independent part: ids, lengths, speakers, labels, sentiments, splits (train/valid/test)."""
+    if num_dialogues < 3:
+        raise ValueError("num_dialogues must be at least 3 (train, dev and test each need one)")
     lo, hi = utterances
     if not 1 <= lo <= hi:
         raise ValueError(f"utterances must be (min, max) with 1 <= min <= max, got {utterances}")
-    return rng.integers(lo, hi + 1, size=n).tolist()
-
-
-def write_fake_iemocap_pickle(
-    path: str | os.PathLike[str],
-    num_dialogues: int = 12,
-    seed: int = 0,
-    *,
-    utterances: tuple[int, int] = (4, 12),
-    dims: dict[str, int] | None = None,
-) -> Path:
-    """Write an IEMOCAP pickle: the 9-tuple ``videoIDs, videoSpeakers, videoLabels, videoText, videoAudio,
-    videoVisual, videoSentence, trainVid, testVid``.
-
-    Dialogue ids look like ``Ses01F_impro00``; sessions 1-4 go to ``trainVid``, session 5 to ``testVid`` (both
-    ``set``), as in the real file. Per dialogue of ``T`` utterances: speakers ``'M'``/``'F'``, labels ints
-    0..5, features lists of ``T`` float32 vectors of ``dims`` (default text 1024 / audio 1582 / visual 342).
-    """
-    if num_dialogues < 3:
-        raise ValueError("num_dialogues must be at least 3 (train, dev and test each need one)")
-    dims = {**IEMOCAP_DIMS, **(dims or {})}
     rng = np.random.default_rng(seed)
-    ids, spk, lab, txt, aud, vis, sent = {}, {}, {}, {}, {}, {}, {}
-    train, test = set(), set()
-    for i, T in enumerate(_lengths(rng, num_dialogues, utterances)):
-        # the last fifth (at least one) of the dialogues is session 5 = test
-        session = 5 if i >= num_dialogues - max(1, num_dialogues // 5) else 1 + i % 4
-        vid = f"Ses0{session}{'FM'[i % 2]}_impro{i:02d}"
-        speakers = [("F", "M")[int(b)] for b in rng.integers(0, 2, size=T)]
-        ids[vid] = [f"{vid}_{s}{j:03d}" for j, s in enumerate(speakers)]
-        spk[vid] = speakers
-        lab[vid] = rng.integers(0, 6, size=T).tolist()
-        txt[vid] = list(rng.standard_normal((T, dims["text"]), dtype=np.float32))
-        aud[vid] = list(rng.standard_normal((T, dims["audio"]), dtype=np.float32))
-        vis[vid] = list(rng.standard_normal((T, dims["visual"]), dtype=np.float32))
-        sent[vid] = [f"utterance {j} of {vid}" for j in range(T)]
-        (test if session == 5 else train).add(vid)
-    return _dump(path, (ids, spk, lab, txt, aud, vis, sent, train, test))
-
-
-def write_fake_meld_pickle(
-    path: str | os.PathLike[str],
-    num_dialogues: int = 12,
-    seed: int = 0,
-    *,
-    utterances: tuple[int, int] = (2, 10),
-    dims: dict[str, int] | None = None,
-    variant: Literal["sdt", "dialoguegcn", "roberta"] = "sdt",
-    max_speakers: int = 9,
-) -> Path:
-    """Write a MELD pickle.
-
-    ``variant`` picks the layout: ``"sdt"`` the 10-tuple ``videoIDs, videoSpeakers, videoLabels, videoText,
-    videoAudio, videoVisual, videoSentence, trainVid, testVid, videoSentiments`` (MMGCN/SDT/MultiEMO);
-    ``"dialoguegcn"`` the 9-tuple without ``videoVisual``; ``"roberta"`` the 13-tuple with ``roberta1..4`` in
-    place of ``videoText``. Dialogue ids are ints; ``trainVid``/``testVid`` lists (train then test, as the real
-    file). Per dialogue of ``T``: speakers as 9-dim one-hot lists, labels ints 0..6, sentiments ints 0..2,
-    features ``(T, D)`` float32 arrays of ``dims`` (default text 1024 / audio 300 / visual 342).
-    """
-    if num_dialogues < 3:
-        raise ValueError("num_dialogues must be at least 3 (train, dev and test each need one)")
-    dims = {**MELD_DIMS, **(dims or {})}
-    rng = np.random.default_rng(seed)
-    ids, spk, lab, txt, aud, vis, sent, senti = {}, {}, {}, {}, {}, {}, {}, {}
+    lengths = rng.integers(lo, hi + 1, size=num_dialogues).tolist()
     n_test = max(1, num_dialogues // 5)
-    for vid, T in enumerate(_lengths(rng, num_dialogues, utterances)):
-        n_spk = int(rng.integers(1, min(max_speakers, 4) + 1))
-        who = rng.integers(0, n_spk, size=T)
-        ids[vid] = list(range(T))
-        spk[vid] = [[1.0 if k == w else 0.0 for k in range(9)] for w in who]
-        lab[vid] = rng.integers(0, 7, size=T).tolist()
-        senti[vid] = rng.integers(0, 3, size=T).tolist()
-        txt[vid] = rng.standard_normal((T, dims["text"]), dtype=np.float32)
-        aud[vid] = rng.standard_normal((T, dims["audio"]), dtype=np.float32)
-        vis[vid] = rng.standard_normal((T, dims["visual"]), dtype=np.float32)
-        sent[vid] = [f"utterance {j} of dialogue {vid}" for j in range(T)]
-    train = list(range(num_dialogues - n_test))
-    test = list(range(num_dialogues - n_test, num_dialogues))
-    if variant == "sdt":
-        obj: tuple = (ids, spk, lab, txt, aud, vis, sent, train, test, senti)
-    elif variant == "dialoguegcn":
-        obj = (ids, spk, lab, txt, aud, sent, train, test, senti)
-    elif variant == "roberta":
-        layers = [txt] + [{k: v + np.float32(0.01 * i) for k, v in txt.items()} for i in (1, 2, 3)]
-        obj = (ids, spk, lab, *layers, aud, vis, sent, train, test, senti)
+    n_valid = max(1, (num_dialogues - n_test) // 10)
+    d: dict[str, Any] = {"ids": [], "lengths": {}, "utt_ids": {}, "speakers": {}, "labels": {}, "sentiments": {},
+                         "sentences": {}, "train": [], "valid": [], "test": []}
+    for i, T in enumerate(lengths):
+        is_test = i >= num_dialogues - n_test
+        if corpus == "iemocap":
+            session = 5 if is_test else 1 + i % 4  # the last fifth is session 5 = test, as in the real split
+            vid: Any = f"Ses0{session}{'FM'[i % 2]}_impro{i:02d}"
+            speakers: list = [("F", "M")[int(b)] for b in rng.integers(0, 2, size=T)]
+            d["utt_ids"][vid] = [f"{vid}_{s}{j:03d}" for j, s in enumerate(speakers)]
+            labels = rng.integers(0, 6, size=T).tolist()
+        else:
+            vid = i
+            n_spk = int(rng.integers(1, 5))
+            speakers = [[1.0 if k == w else 0.0 for k in range(9)] for w in rng.integers(0, n_spk, size=T)]
+            d["utt_ids"][vid] = list(range(T))
+            labels = rng.integers(0, 7, size=T).tolist()
+        d["ids"].append(vid)
+        d["lengths"][vid] = T
+        d["speakers"][vid] = speakers
+        d["labels"][vid] = labels
+        d["sentiments"][vid] = rng.integers(0, 3, size=T).tolist()
+        d["sentences"][vid] = [f"utterance {j} of {vid}" for j in range(T)]
+        split = "test" if is_test else ("valid" if i >= num_dialogues - n_test - n_valid else "train")
+        d[split].append(vid)
+    return d
+
+
+def _features(d: dict[str, Any], dims: dict[str, int], seed: int, as_rows: bool) -> dict[str, dict]:
+    rng = np.random.default_rng(seed + 7919)
+    out: dict[str, dict] = {m: {} for m in dims}
+    for vid in d["ids"]:
+        for m, dim in dims.items():
+            x = rng.standard_normal((d["lengths"][vid], dim), dtype=np.float32)
+            out[m][vid] = list(x) if as_rows else x
+    return out
+
+
+def write_fake_pickle(
+    path: str | os.PathLike[str],
+    corpus: str,
+    layout: str,
+    num_dialogues: int = 12,
+    seed: int = 0,
+    *,
+    utterances: tuple[int, int] | None = None,
+    dims: dict[str, int] | None = None,
+) -> Path:
+    """Write a fake ``corpus`` (``iemocap``/``meld``) pickle of ``layout`` (a name of :data:`DIMS`) to ``path``.
+
+    ``dims`` overrides some of the layout's feature dims (tests use tiny ones). For ``multiemo`` the three
+    feature files are written beside ``path``. Returns ``path``.
+    """
+    if (corpus, layout) not in DIMS:
+        raise ValueError(f"unknown {corpus} layout {layout!r} (known: {sorted(lay for c, lay in DIMS if c == corpus)})")
+    d = _dialogues(corpus, num_dialogues, seed, utterances or _UTTERANCES[corpus])
+    dims = {**DIMS[(corpus, layout)], **{k: v for k, v in (dims or {}).items() if k in DIMS[(corpus, layout)]}}
+    iemocap = corpus == "iemocap"
+    train_all = d["train"] + d["valid"]  # MMGCN/SDT files have no validation list: dev is inside trainVid
+    if iemocap:
+        trainvid: Any = set(train_all)
+        testvid: Any = set(d["test"])
     else:
-        raise ValueError(f"unknown MELD pickle variant {variant!r} (sdt, dialoguegcn, roberta)")
+        trainvid, testvid = sorted(train_all), list(d["test"])
+    head = (d["utt_ids"], d["speakers"], d["labels"])
+    obj: Any
+    if layout == "cosmic":
+        f = _features(d, {"text": dims["text"]}, seed, as_rows=True)
+        rng = np.random.default_rng(seed + 104729)
+        layers = [f["text"]] + [{v: [r + np.float32(rng.standard_normal()) for r in rows] for v, rows in f["text"].items()}
+                                for _ in range(3)]
+        labels = [d["labels"], d["sentiments"]] if not iemocap else [d["labels"]]
+        obj = [d["speakers"], *labels, *layers, d["sentences"], list(d["train"]), list(d["test"]), list(d["valid"])]
+    elif layout == "sdt":
+        f = _features(d, dims, seed, as_rows=iemocap)
+        extra = _features(d, {"r2": dims["text"], "r3": dims["text"], "r4": dims["text"]}, seed + 1, as_rows=iemocap)
+        obj = (*head, f["text"], extra["r2"], extra["r3"], extra["r4"], f["audio"], f["visual"], d["sentences"],
+               trainvid, testvid) + (() if iemocap else (d["sentiments"],))
+    elif layout == "dialoguegcn":
+        f = _features(d, dims, seed, as_rows=False)
+        obj = (*head, f["text"], f["audio"], d["sentences"], trainvid, testvid, d["sentiments"])
+    else:  # mmgcn, multiemo (Speakers.pkl has the mmgcn items)
+        inner = DIMS[(corpus, "mmgcn")] if layout == "multiemo" else dims
+        f = _features(d, inner, seed, as_rows=iemocap)
+        obj = (*head, f["text"], f["audio"], f["visual"], d["sentences"], trainvid, testvid) + (
+            () if iemocap else (d["sentiments"],))
+        if layout == "multiemo":
+            files = _features(d, dims, seed + 2, as_rows=False)
+            for m, name in (("text", "TextFeatures.pkl"), ("audio", "AudioFeatures.pkl"), ("visual", "VisualFeatures.pkl")):
+                _dump(Path(path).parent / name, files[m])
     return _dump(path, obj)
+
+
+def write_fake_iemocap_pickle(path: str | os.PathLike[str], num_dialogues: int = 12, seed: int = 0, *,
+                              layout: str = "sdt", utterances: tuple[int, int] = (4, 12),
+                              dims: dict[str, int] | None = None) -> Path:
+    """An IEMOCAP pickle of ``layout`` (default SDT's 12 items, text 1024 / audio 1582 / visual 342).
+
+    Dialogue ids look like ``Ses01F_impro00``; sessions 1-4 train, session 5 (the last fifth) test; speakers
+    ``'M'``/``'F'``, labels ints 0..5. See :func:`write_fake_pickle`.
+    """
+    return write_fake_pickle(path, "iemocap", layout, num_dialogues, seed, utterances=utterances, dims=dims)
+
+
+def write_fake_meld_pickle(path: str | os.PathLike[str], num_dialogues: int = 12, seed: int = 0, *,
+                           layout: str = "sdt", utterances: tuple[int, int] = (2, 10),
+                           dims: dict[str, int] | None = None) -> Path:
+    """A MELD pickle of ``layout`` (default SDT's 13 items, text 1024 / audio 300 / visual 342).
+
+    Dialogue ids are ints (train, then test, as in the real files); speakers 9-dim one-hot lists, labels ints
+    0..6, sentiments ints 0..2. See :func:`write_fake_pickle`.
+    """
+    return write_fake_pickle(path, "meld", layout, num_dialogues, seed, utterances=utterances, dims=dims)
 
 
 def _dump(path: str | os.PathLike[str], obj: object) -> Path:

@@ -121,16 +121,20 @@ class SDMoE(nn.Module):
         if n == 0:
             return {}
         load = expert_fractions(routing, e, "count")
+        top = routing.logits.argmax(dim=1, keepdim=True)  # (N, 1) each token's strongest expert
+        top_masked = ~routing.selection(e).gather(1, top).squeeze(1)  # (N,) it is not among the used ones
         values = torch.cat(
             [
                 load.float(),
                 router_entropy(routing.probs).float().reshape(1),
                 routing.used.sum(dim=1).float().mean().reshape(1),
+                top_masked.float().mean().reshape(1),
             ]
         ).tolist()  # one host sync for all stats
         stats = {f"{self.name}.load.{i}": values[i] for i in range(e)}
         stats[f"{self.name}.entropy"] = values[e]
         stats[f"{self.name}.experts_per_token"] = values[e + 1]
+        stats[f"{self.name}.top_masked"] = values[e + 2]
         return stats
 
 

@@ -33,13 +33,19 @@ class SigmaGumbelRouter(nn.Module):
 
        - ``tokens`` (default): per expert, over the batch's real tokens. Each expert is switched off for the
          utterances whose affinity to it is atypical.
-       - ``experts``: per token, over its E logits ("per utterance"). With few experts this is a no-op: among
-         n values no z-score can exceed (n-1)/sqrt(n), i.e. 1.5 for E=4, 2.04 for E=6, 2.47 for E=8, so at
-         c=2 and the paper's 4-8 experts the mask (almost) never fires. That is why it is not the default.
+       - ``experts``: per token, over its E logits ("per utterance"). With the population std used here, no
+         z-score among E values can exceed sqrt(E-1) (reached by one logit standing out from E-1 equal ones):
+         1.73 for E=4, 2.0 for E=5, 2.24 for E=6, 2.65 for E=8. So at c=2 the mask never fires for E <= 5 (the
+         band is closed) and can fire from E = 6 on, only for a token with one (or few) logit(s) far from
+         the rest (at E=8, one logit more than 2.65 std out switches that expert off: usually the token's
+         strongest). It is not the default because at the paper's E=4 it is a no-op.
        - ``batch``: one mean and std over all N*E logits.
 
        The paper does not say which; ``tokens`` is the default because it is the reading under which the
        mask actually sparsifies the gate at E=4 and it does not favour experts with a large logit bias.
+       Under ``tokens`` the mask is mild (most tokens keep every expert) and can switch off a token's
+       strongest expert (its logit is atypically high for that expert); ``SDMoE`` logs both as
+       ``experts_per_token`` and ``top_masked``.
        For ``tokens`` and ``batch`` the statistics depend on the other tokens of the batch; with
        ``eval_stats: running`` (default) evaluation uses running estimates kept during training (as
        BatchNorm does, with ``momentum``), so a prediction does not depend on the eval batch.

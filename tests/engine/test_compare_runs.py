@@ -1,0 +1,123 @@
+"""``mercore compare``: paired bootstrap CI and permutation p-value, against a slow explicit reference."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mercore.cli import main
+from mercore.compare import bootstrap_indices, compare_runs, permutation_swaps
+from mercore.errors import DataError
+from mercore.metrics import classification_report
+
+C = 4
+
+
+def write_run(folder: Path, gold: np.ndarray, pred: np.ndarray) -> Path:
+    """Dialogues of 10 utterances, written in reverse: the reader's (dialogue, index) order is the arrays' order."""
+    folder.mkdir(parents=True)
+    rows = [{"dialogue": f"d{i // 10:03d}", "index": i % 10, "gold": int(g), "pred": int(p)}
+            for i, (g, p) in enumerate(zip(gold, pred))][::-1]
+    (folder / "predictions_test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return folder
+
+
+def wf1(gold, pred) -> float:
+    """The reference metric: mercore.metrics (torch), not the counts code under test."""
+    return classification_report(torch.as_tensor(gold), torch.as_tensor(pred), [str(c) for c in range(C)])["weighted_f1"]
+
+
+def reference(a_preds, b_preds, gold, resamples, seed):
+    """Slow explicit loops over the same draws (the documented draw order) with the reference metric."""
+    n = len(gold)
+    rng = np.random.default_rng(seed)
+    diffs = []
+    for chunk in bootstrap_indices(rng, resamples, n):
+        for idx in chunk:
+            diffs.append(np.mean([wf1(gold[idx], p[idx]) for p in a_preds]) -
+                         np.mean([wf1(gold[idx], p[idx]) for p in b_preds]))
+    observed = np.mean([wf1(gold, p) for p in a_preds]) - np.mean([wf1(gold, p) for p in b_preds])
+    extreme = 0
+    for chunk in permutation_swaps(rng, resamples, n):
+        for swap in chunk:
+            a_sw = [np.where(swap, pb, pa) for pa, pb in zip(a_preds, b_preds)]
+            b_sw = [np.where(swap, pa, pb) for pa, pb in zip(a_preds, b_preds)]
+            d = np.mean([wf1(gold, p) for p in a_sw]) - np.mean([wf1(gold, p) for p in b_sw])
+            extreme += abs(d) >= abs(observed) - 1e-12
+    return observed, np.quantile(diffs, [0.025, 0.975]), (1 + extreme) / (resamples + 1)
+
+
+def noisy(gold: np.ndarray, accuracy: float, rng: np.random.Generator) -> np.ndarray:
+    wrong = rng.random(gold.shape) > accuracy
+    return np.where(wrong, (gold + rng.integers(1, C, gold.shape)) % C, gold)
+
+
+@pytest.mark.parametrize("seeds_per_side", [1, 2])
+def test_matches_the_slow_reference(tmp_path, seeds_per_side):
+    rng = np.random.default_rng(0)
+    gold = rng.integers(0, C, 60)
+    a_preds = [noisy(gold, 0.75, rng) for _ in range(seeds_per_side)]
+    b_preds = [noisy(gold, 0.6, rng) for _ in range(seeds_per_side)]
+    a = [write_run(tmp_path / f"a{i}", gold, p) for i, p in enumerate(a_preds)]
+    b = [write_run(tmp_path / f"b{i}", gold, p) for i, p in enumerate(b_preds)]
+    got = compare_runs(a, b, resamples=300, seed=5, num_classes=C)
+    observed, (lo, hi), p = reference(a_preds, b_preds, gold, 300, 5)
+    assert got.diff == pytest.approx(observed, abs=1e-12)
+    assert got.wf1_a == pytest.approx(np.mean([wf1(gold, q) for q in a_preds]), abs=1e-12)
+    assert (got.ci_low, got.ci_high) == (pytest.approx(lo, abs=1e-12), pytest.approx(hi, abs=1e-12))
+    assert got.p_value == pytest.approx(p, abs=1e-12)
+
+
+def test_constructed_known_difference(tmp_path):
+    # 400 utterances, balanced classes; A is right on all, B on the first 300 only (wrong ones shifted by one).
+    gold = np.arange(400) % C
+    b_pred = gold.copy()
+    b_pred[300:] = (gold[300:] + 1) % C
+    a = write_run(tmp_path / "a", gold, gold)
+    b = write_run(tmp_path / "b", gold, b_pred)
+    got = compare_runs([a], [b], resamples=2000, seed=0)
+    # B: per class tp 75, predicted 100, support 100 -> F1 0.75 for every class
+    assert got.wf1_a == 1.0 and got.wf1_b == pytest.approx(0.75)
+    assert got.diff == pytest.approx(0.25)
+    assert 0.19 < got.ci_low < 0.25 < got.ci_high < 0.31
+    assert got.p_value == pytest.approx(1 / 2001)  # no swap reaches 0.25: the smallest p possible
+    same = compare_runs([a], [write_run(tmp_path / "a_again", gold, gold)], resamples=200)
+    assert same.diff == 0.0 and same.ci_low == same.ci_high == 0.0 and same.p_value == 1.0
+
+
+def test_checks_same_utterances_and_gold(tmp_path):
+    gold = np.arange(40) % C
+    a = write_run(tmp_path / "a", gold, gold)
+    b = write_run(tmp_path / "b", gold[:39], gold[:39])
+    with pytest.raises(DataError, match=r"do not cover the same test utterances: dialogue 'd003' utterance 9 is only in .*a"):
+        compare_runs([a], [b], resamples=10)
+    other = gold.copy()
+    other[5] = (other[5] + 1) % C
+    c = write_run(tmp_path / "c", other, gold)
+    with pytest.raises(DataError, match="disagree on the gold label of dialogue 'd000' utterance 5"):
+        compare_runs([a], [c], resamples=10)
+    with pytest.raises(DataError, match="absent: no such run directory or predictions file"):
+        compare_runs([a], [tmp_path / "absent"], resamples=10)
+    (tmp_path / "unfinished").mkdir()
+    with pytest.raises(DataError, match="unfinished/predictions_test.jsonl: not found"):
+        compare_runs([a], [tmp_path / "unfinished"], resamples=10)
+
+
+def test_cli(tmp_path, capsys):
+    gold = np.arange(200) % C
+    b_pred = gold.copy()
+    b_pred[:50] = (gold[:50] + 1) % C
+    a1, a2 = write_run(tmp_path / "a1", gold, gold), write_run(tmp_path / "a2", gold, gold)
+    b1, b2 = write_run(tmp_path / "b1", gold, b_pred), write_run(tmp_path / "b2", gold, b_pred)
+    assert main(["compare", str(a1), str(b1), "--resamples", "200"]) == 0
+    out = capsys.readouterr().out
+    assert "difference A - B: +25.00 points, paired bootstrap 95% CI [" in out and "permutation p = 0.0050" in out
+    assert main(["compare", str(a1), str(a2), "--vs", str(b1), str(b2), "--resamples", "50", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert len(result["a_runs"]) == 2 and result["diff"] == pytest.approx(0.25, abs=1e-3)
+    assert main(["compare", str(a1), str(a2), str(b1)]) == 1  # three runs and no --vs: a user error, said so
+    assert "give two runs" in capsys.readouterr().err
