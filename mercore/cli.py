@@ -14,7 +14,6 @@ import argparse
 import json
 import sys
 import warnings
-from pathlib import Path
 from typing import Sequence
 
 import attrs
@@ -117,8 +116,8 @@ def cmd_eval(args) -> int:
     # Trains nothing: the distiller (and so a teacher run) is built only for a model that the teacher guides at
     # evaluation, and then it only loads a finished teacher.
     if recipe.distiller is not None and model_guides_at_eval(recipe):
-        print(f"note: the model lets the teacher guide at evaluation (model.guide_at_eval), so eval loads the "
-              f"distiller's teacher run", file=sys.stderr)
+        print("note: the model lets the teacher guide at evaluation (model.guide_at_eval), so eval loads the "
+              "distiller's teacher run", file=sys.stderr)
     c = build_components(recipe, for_eval=True)
     load_run_weights(folder, c.model, c.distiller)
     report, _ = evaluate(c, args.split, recipe.trainer.eval_batch_size, torch.device("cpu"))

@@ -236,7 +236,9 @@ def _interpolate_collecting(data: dict, lines: dict[str, str]) -> tuple[dict, li
         target = _lookup(data, expr)
         if target is _MISSING:
             bad_paths.append(path)
-            problems.append(f"{where.where(path)}: ${{{expr}}} refers to a key that does not exist")
+            problem = f"{where.where(path)}: ${{{expr}}} refers to a key that does not exist"
+            if problem not in problems:  # a key that others refer to (e.g. the default output_dir) is named once
+                problems.append(problem)
             return None
         return resolve(target, expr, depth + 1)
 

@@ -21,9 +21,7 @@ settings.load_profile("mercore")
 os.environ["MERCORE_ALLOW_LOCAL_CODE"] = "1"
 
 TESTS = Path(__file__).resolve().parent
-ROOT = TESTS.parent
-SHARED_DATA = ROOT.parent / "shared" / "data"
-if str(TESTS) not in sys.path:
+if str(TESTS) not in sys.path:  # support.py (helpers) and toy_components.py (local components) are imported
     sys.path.insert(0, str(TESTS))
 
 
@@ -41,11 +39,6 @@ def subprocess_env():
     env["PYTHONPATH"] = os.pathsep.join([str(TESTS), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env["OMP_NUM_THREADS"] = "1"
     return env
-
-
-def write_recipe(path: Path, text: str) -> Path:
-    path.write_text(text)
-    return path
 
 
 def _make_site(tmp_path: Path, plugins: dict[str, str], dist: str = "mercore-fakeplug", version: str = "1.2.3") -> Path:

@@ -8,7 +8,6 @@ satisfy its kind's protocol. So ``mercore show`` cannot drift from the code.
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import attrs
 import pytest
@@ -20,7 +19,7 @@ from mercore.kinds import KIND_CONTRACTS, KINDS, declared_capabilities, is_type_
 from mercore.nn import ModelOutput
 from mercore.registry import Node
 
-ROOT = Path(__file__).resolve().parents[2]
+from support import ROOT
 
 
 class ContextDistiller(torch.nn.Module):

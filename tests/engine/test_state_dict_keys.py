@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
 
 import pytest
 
 from mercore.recipe import load_recipe
 
-ROOT = Path(__file__).resolve().parents[2]
+from support import ROOT
 #: Every modality at width 24, 6 classes, 3 speakers: the shapes then depend only on the recipe.
 CONTEXT = dict(modality_dims={"text": 24, "audio": 24, "visual": 24}, num_classes=6, num_speakers=3,
                label_names=[str(i) for i in range(6)])

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import write_recipe
+from support import write_recipe
 
 RECIPE = """\
 data: {{type: "toy_components:ToyDataset", num_dialogues: 16}}

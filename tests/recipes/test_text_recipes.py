@@ -8,12 +8,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = ROOT.parent / "shared" / "data"
+from support import ROOT, SHARED_DATA
 LABELS = {
     "iemocap": ["happy", "sad", "neutral", "angry", "excited", "frustrated"],
     "meld": ["neutral", "surprise", "fear", "sadness", "joy", "disgust", "anger"],

@@ -8,9 +8,8 @@ import json
 import re
 import subprocess
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from support import ROOT
 README = (ROOT / "README.md").read_text()
 FIRST_PARTY = sorted(p.name for p in (ROOT / "plugins").iterdir() if (p / "plugin.py").exists())
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mercore.errors import DataError
+from support import data_error
 from mercore.data.safe_pickle import safe_load
 from mercore_data.fake_pickles import write_fake_iemocap_pickle, write_fake_meld_pickle
 from mercore_data.pickles import IemocapPickleConfig, IemocapPickleDataset, MeldPickleConfig, MeldPickleDataset
@@ -25,12 +25,7 @@ def _meld(path: Path, **options):
 
 
 def _raises(fn, path: Path, *needles: str, **options) -> str:
-    with pytest.raises(DataError) as info:
-        fn(path, **options)
-    msg = str(info.value)
-    for n in needles:
-        assert n in msg, f"{n!r} not in error message: {msg}"
-    return msg
+    return data_error(lambda: fn(path, **options), *needles)
 
 
 def _tamper(path: Path, edit) -> Path:

@@ -2,8 +2,8 @@
 
 Tiny fakes (a few dialogues, feature dims 8/6/4, ``model.hidden=16``) keep this fast; the layouts' real item
 order, container types and (in ``test_pickle_layouts``) dims are what the readers see. ``expected_dims`` is
-removed because the dims are tiny. IKD recipes train their text teacher (one epoch) while building; the
-teacher gets the same data options through ``distiller.teacher_overrides``.
+removed because the dims are tiny. IKD recipes first train their text teacher stage (one epoch, ``mercore.stages``);
+the stage gets the same data options through ``stages.teacher.overrides``.
 """
 
 from __future__ import annotations
@@ -18,10 +18,11 @@ import torch
 from mercore.data.types import iterate_batches
 from mercore.errors import DataError
 from mercore.recipe import load_recipe
+from mercore.stages import plan_stages, run_stages
 from mercore.train import build_components, forward_batch, seed_everything
 from mercore_data.fake_pickles import write_fake_pickle
 
-ROOT = Path(__file__).resolve().parents[3]
+from support import ROOT
 TINY_DIMS = {"text": 8, "audio": 6, "visual": 4}
 TINY = ["trainer.epochs=1", "trainer.device=cpu", "trainer.progress=false", "trainer.threads=1", "model.hidden=16",
         "~data.expected_dims"]
@@ -65,6 +66,7 @@ def one_thread():
 
 def one_step(recipe: str, overrides: list[str]) -> dict[str, float]:
     loaded = load_recipe(ROOT / "recipes" / f"{recipe}.yaml", overrides=overrides)
+    run_stages(plan_stages(loaded), log=lambda _: None)  # the IKD teacher, as `mercore run` trains it first
     seed_everything(0)
     c = build_components(loaded.recipe)
     params = list(c.model.named_parameters())
@@ -91,7 +93,7 @@ def teacher_overrides(data: list[str]) -> list[str]:
     if any(o.startswith("data.feature_files") for o in data):  # the teacher reads only the text file
         files = json.loads(next(o for o in data if o.startswith("data.feature_files")).split("=", 1)[1])
         teacher_data.append(f"data.feature_files={json.dumps({'text': files['text']})}")
-    return [*teacher_data, "data.modalities=[text]", "seed=${seed}", *TINY]
+    return [*teacher_data, "data.modalities=[text]", *TINY]  # seed and data.path are inherited
 
 
 @pytest.fixture(scope="module")
@@ -101,14 +103,13 @@ def teachers(tmp_path_factory) -> Path:
 
 
 @pytest.mark.parametrize("corpus, recipe, source", CASES + TEXT_ONLY)
-def test_recipe_trains_one_step_on_layout(tmp_path, monkeypatch, teachers, corpus, recipe, source):
-    monkeypatch.chdir(ROOT)  # IKD recipes name their teacher recipe relative to the repository root
+def test_recipe_trains_one_step_on_layout(tmp_path, teachers, corpus, recipe, source):
     data = data_overrides(tmp_path, corpus, source)
     overrides = [*data, *TINY, f"output_dir={tmp_path / 'run'}"]
     if recipe.startswith("summer_") and "teacher" not in recipe or recipe in ("ablation_no_hcmf_iemocap",
                                                                             "ablation_no_sdmoe_iemocap"):
-        overrides += [f"distiller.teacher={teachers / f'{corpus}-{source}'}",
-                      f"distiller.teacher_overrides={json.dumps(teacher_overrides(data))}"]
+        overrides += [f"stages.teacher.output_dir={teachers / f'{corpus}-{source}'}",
+                      f"stages.teacher.overrides={json.dumps(teacher_overrides(data))}"]
     terms = one_step(recipe, overrides)
     assert "task" in terms
 

@@ -10,10 +10,10 @@ import torch
 from safetensors.torch import save_file
 
 from mercore.data.types import PAD_LABEL, collate
-from mercore.errors import DataError
+from support import data_error
 from mercore_data.jsonl import JsonlConfig, JsonlDataset
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+from support import SHARED_DATA
 FEATURE_FILE = "text_minilm_l6.safetensors"
 
 
@@ -44,12 +44,7 @@ def _load(root: Path, **options) -> object:
 
 
 def _raises(root: Path, *needles: str, **options) -> str:
-    with pytest.raises(DataError) as info:
-        _load(root, **options)
-    msg = str(info.value)
-    for n in needles:
-        assert n in msg, f"{n!r} not in error message: {msg}"
-    return msg
+    return data_error(lambda: _load(root, **options), *needles)
 
 
 def test_reads_a_small_corpus(tmp_path):

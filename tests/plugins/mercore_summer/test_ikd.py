@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import write_recipe
+from support import write_recipe
 from mercore.config import validate_node
 from mercore.data.types import PAD_LABEL, DialogueBatch
 from mercore.errors import ConfigError

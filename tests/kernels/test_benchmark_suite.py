@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from support import ROOT
 VARIANTS = {"naive", "dense", "capacity", "fused", "floor"}
 
 

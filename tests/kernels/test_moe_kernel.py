@@ -10,7 +10,6 @@ import contextlib
 import functools
 import importlib.util
 import os
-from pathlib import Path
 from unittest import mock
 
 import pytest
@@ -28,11 +27,12 @@ from mercore.kernels.moe import (
     padded_to_flat,
 )
 from mercore.kernels.moe import padded
+from support import ROOT
 
 
 def _benchmark_variants():
     """The benchmark-only variants (dense, capacity, floor) from ``benchmarks/moe_variants.py``."""
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "moe_variants.py"
+    path = ROOT / "benchmarks" / "moe_variants.py"
     spec = importlib.util.spec_from_file_location("moe_variants", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, write_recipe
+from support import ROOT, write_recipe
 from mercore.errors import ConfigError
 from mercore.recipe import apply_overrides, build_recipe, interpolate, load_recipe
 from mercore.yaml_io import parse_yaml

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -15,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 import mercore
-from conftest import write_recipe
+from support import write_recipe
 from mercore.errors import CheckpointError, ConfigError, TrainingError
 from mercore.recipe import load_recipe
 from mercore.train import Trainer

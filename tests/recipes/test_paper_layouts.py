@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 import mercore
-from conftest import ROOT
+from support import ROOT
 from mercore.recipe import load_recipe
 from mercore.stages import run_with_stages
 from mercore_data.fake_pickles import IEMOCAP_DIMS, MELD_DIMS, write_fake_iemocap_pickle, write_fake_meld_pickle

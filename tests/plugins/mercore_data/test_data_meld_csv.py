@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from mercore.errors import DataError
+from support import data_error
 from mercore_data.meld_csv import MeldCsvConfig, MeldCsvDataset
 
 HEADER = ["Sr No.", "Utterance", "Speaker", "Emotion", "Sentiment", "Dialogue_ID", "Utterance_ID", "Season",
@@ -57,12 +57,7 @@ def _load(root: Path, **options):
 
 
 def _raises(root: Path, *needles: str, **options) -> str:
-    with pytest.raises(DataError) as info:
-        _load(root, **options)
-    msg = str(info.value)
-    for n in needles:
-        assert n in msg, f"{n!r} not in error message: {msg}"
-    return msg
+    return data_error(lambda: _load(root, **options), *needles)
 
 
 @pytest.mark.parametrize("layout", ["utterance", "dialogue"])

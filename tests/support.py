@@ -1,0 +1,34 @@
+"""Helpers that tests import (``from support import ...``): the repository's paths and small utilities.
+
+``tests/conftest.py`` puts this folder on ``sys.path``; fixtures live there, plain helpers here (a test never
+imports ``conftest``, which pytest loads itself).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from mercore.errors import DataError
+
+TESTS = Path(__file__).resolve().parent
+ROOT = TESTS.parent  # the repository: recipes/, benchmarks/, README.md
+SHARED_DATA = ROOT.parent / "shared" / "data"  # the real corpora beside the checkout (absent in some clones)
+
+
+def write_recipe(path: Path, text: str) -> Path:
+    """Write ``text`` to ``path`` and return the path (recipes, and small scripts, written by a test)."""
+    path.write_text(text)
+    return path
+
+
+def data_error(load: Callable[[], object], *needles: str) -> str:
+    """Call ``load``, expect a :class:`DataError` whose message holds every needle, and return the message."""
+    with pytest.raises(DataError) as info:
+        load()
+    msg = str(info.value)
+    for n in needles:
+        assert n in msg, f"{n!r} not in error message: {msg}"
+    return msg
