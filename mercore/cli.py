@@ -1,8 +1,8 @@
 """The ``mercore`` command line: run, validate, eval, plugins, list, show, sweep, report, compare.
 
-Exit codes: 0 success; 1 a data, checkpoint, storage, training or file-access error; 2 a recipe, registry,
-output_dir or usage error; 128 + signum when stopped by a signal after saving a checkpoint (130 Ctrl-C,
-143 SIGTERM, 129 SIGHUP); 141 stdout closed by its reader (``| head``).
+Exit codes: 0 success; 1 a checkpoint, storage, training or file-access error; 2 a recipe, registry, data,
+output_dir or usage error (the input needs fixing); 128 + signum when stopped by a signal after saving a
+checkpoint (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP); 141 stdout closed by its reader (``| head``).
 
 A recipe is code: ``type: module:Class`` imports that module (see :mod:`mercore.code_guard`); modules that
 are not from an installed package need ``--allow-local-code``.
@@ -18,7 +18,7 @@ from typing import Sequence
 
 import attrs
 
-from mercore.errors import ConfigError, MercoreError, RegistryError
+from mercore.errors import ConfigError, DataError, MercoreError, RegistryError
 
 EPILOG_RUN = """\
 overrides:
@@ -318,7 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI and return its exit code: 0 success, 1 run or file-access error, 2 config or usage error,
+    """Run the CLI and return its exit code: 0 success, 1 run or file-access error, 2 config, data or usage error,
     128 + signum stopped by a signal (130 Ctrl-C), 141 stdout closed by its reader."""
     try:
         args = _parse_args(build_parser(), argv)
@@ -332,7 +332,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = int(args.func(args) or 0)
         sys.stdout.flush()  # a closed pipe shows up here, inside the handlers below, not at interpreter exit
         return code
-    except (ConfigError, RegistryError) as exc:
+    except (ConfigError, RegistryError, DataError) as exc:  # the user's recipe, plugins or data: fix the input
         _print_problems(exc)
         return 2
     except MercoreError as exc:

@@ -35,7 +35,10 @@ from mercore.runs import load_run_weights, resolve_checkpoint
 from mercore.yaml_io import dump_yaml
 
 # Keys of the recipe that may differ between the interrupted run and its resumption.
-RESUME_MAY_DIFFER = {"resume", "trainer.resume_from", "trainer.progress", "trainer.device", "trainer.threads"}
+# Keys a resume may change: how to run, not what is trained (max_dialogue_length only guards the data, and runs
+# saved before it existed lack it).
+RESUME_MAY_DIFFER = {"resume", "trainer.resume_from", "trainer.progress", "trainer.device", "trainer.threads",
+                     "trainer.max_dialogue_length"}
 
 
 def seed_everything(seed: int) -> None:

@@ -119,5 +119,5 @@ def test_cli(tmp_path, capsys):
     assert main(["compare", str(a1), str(a2), "--vs", str(b1), str(b2), "--resamples", "50", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert len(result["a_runs"]) == 2 and result["diff"] == pytest.approx(0.25, abs=1e-3)
-    assert main(["compare", str(a1), str(a2), str(b1)]) == 1  # three runs and no --vs: a user error, said so
+    assert main(["compare", str(a1), str(a2), str(b1)]) == 2  # three runs and no --vs: a user error, said so
     assert "give two runs" in capsys.readouterr().err

@@ -95,7 +95,7 @@ def test_report_and_cli(recipe, tmp_path, monkeypatch, capsys):
     assert main(["report", *runs, "--out", "tables/report"]) == 0
     assert "| tiny_sweep | 0,1 |" in capsys.readouterr().out
     assert (tmp_path / "tables/report.csv").exists() and (tmp_path / "tables/report.md").exists()
-    assert main(["report", "runs/missing"]) == 1
+    assert main(["report", "runs/missing"]) == 2
     assert "runs/missing: no results.json" in capsys.readouterr().err
     assert main(["sweep", str(recipe), "--grid", "optimizer.lr=1e-2", "--seeds", "0", "--out", "sw"]) == 0
     assert "selected on dev: optimizer.lr=1e-2" in capsys.readouterr().out

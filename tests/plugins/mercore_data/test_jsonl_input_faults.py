@@ -175,4 +175,4 @@ def test_cli_reports_data_faults_without_a_traceback(tmp_path, capsys, inject, n
     (tmp_path / "r.yaml").write_text(RECIPE.format(root=root))
     code = main(["validate", str(tmp_path / "r.yaml"), "--build", "trainer.max_dialogue_length=2"])
     err = capsys.readouterr().err
-    assert code == 1 and needle in err and "Traceback" not in err, err
+    assert code == 2 and needle in err and "Traceback" not in err, err
