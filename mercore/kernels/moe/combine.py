@@ -30,6 +30,14 @@ class Combine:
             some slot needs it (``M < N*k``).
     """
 
+    @classmethod
+    def for_compact_rows(cls, routing, *, row_token: Tensor, gate_rows, num_rows: int) -> "Combine":
+        """The combine of a layout whose row ``i`` is sorted assignment ``i`` (no padding rows: the grouped and
+        sync-free layouts); ``routing`` gives ``num_tokens``, ``slots_per_token``, ``order`` and the device."""
+        return cls(num_tokens=routing.num_tokens, slots_per_token=routing.slots_per_token, order=routing.order,
+                   row_of_sorted=torch.arange(num_rows, device=routing.token.device), row_token=row_token,
+                   gate_rows=gate_rows, num_rows=num_rows, zero_row=None)
+
     def __init__(
         self,
         *,

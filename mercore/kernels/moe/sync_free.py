@@ -53,11 +53,8 @@ class SyncFreeLayout:
         self.blocks = [Block(slice(0, self.num_rows), slice(0, routing.num_experts), _SyncFreeOps(routing))]
         # Every (token, slot) has a row, so the combine never needs a spare zero row: a -1 slot reads its own
         # tail row, which clear_unused_rows_ has zeroed.
-        self.combiner = Combine(
-            num_tokens=routing.num_tokens, slots_per_token=routing.slots_per_token, order=routing.order,
-            row_of_sorted=torch.arange(self.num_rows, device=routing.token.device), row_token=self.row_token,
-            gate_rows=self.to_rows, num_rows=self.num_rows, zero_row=None,
-        )
+        self.combiner = Combine.for_compact_rows(routing, row_token=self.row_token, gate_rows=self.to_rows,
+                                                 num_rows=self.num_rows)
 
     @property
     def is_empty(self) -> bool:
