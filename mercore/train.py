@@ -200,10 +200,14 @@ class LoopState:
     epoch_loss_sum: float = 0.0
     epoch_loss_count: int = 0
     epochs_without_improvement: int = 0
+    # Sums and counts of ModelOutput.stats over this epoch's training steps, logged as the epoch's means; part of
+    # the saved state so that a mid-epoch resume logs the same means as an uninterrupted run.
+    stat_sums: dict[str, list[float]] = attrs.Factory(dict)
 
     def start_next_epoch(self) -> None:
         self.epoch += 1
         self.step_in_epoch, self.epoch_loss_sum, self.epoch_loss_count = 0, 0.0, 0
+        self.stat_sums = {}
 
 
 @attrs.define
@@ -240,9 +244,6 @@ class Trainer:
         self._log = log
         self._stop_requested = False
         self._stop_signum = int(signal.SIGINT)  # the signal that asked to stop
-        # Sums and counts of ModelOutput.stats over this epoch's training steps (logged as the epoch's means;
-        # after a mid-epoch resume they cover the steps since the resume).
-        self._stat_sums: dict[str, list[float]] = {}
 
     def log(self, msg: str) -> None:
         if self.is_main:
@@ -363,7 +364,7 @@ class Trainer:
         """One optimizer step on ``batch`` (this rank's share); the global batch's loss."""
         out, terms = forward_batch(setup.components, batch, model=setup.train_model)
         for key, value in out.stats.items():
-            acc = self._stat_sums.setdefault(key, [0.0, 0])
+            acc = state.stat_sums.setdefault(key, [0.0, 0])
             acc[0], acc[1] = acc[0] + float(value), acc[1] + 1
         total = dist.scale_loss(sum(terms.values()), batch)
         where = f"epoch {state.epoch + 1}, step {step + 1}"
@@ -401,9 +402,8 @@ class Trainer:
         record = {"epoch": epoch + 1, "train_loss": train_loss, "lr": setup.optimizer.param_groups[0]["lr"],
                   "dev": _summary(dev), "test": _summary(test), "selected": improved,
                   "seconds": round(time.perf_counter() - t_epoch, 3)}
-        if self._stat_sums:
-            record["stats"] = {k: total / n for k, (total, n) in sorted(self._stat_sums.items())}
-            self._stat_sums = {}
+        if state.stat_sums:
+            record["stats"] = {k: total / n for k, (total, n) in sorted(state.stat_sums.items())}
         if improved:
             state.best_score, state.best_epoch = score, epoch + 1
             state.epochs_without_improvement = 0

@@ -69,4 +69,7 @@ class ToyModel(torch.nn.Module):
 
             time.sleep(self.config.step_delay)
         x = torch.cat([batch.features[m] for m in self.config.modalities], -1)
-        return ModelOutput(logits=self.net(x))
+        logits = self.net(x)
+        # A per-step statistic, as an MoE's gate statistics: the trainer logs its epoch mean in metrics.jsonl,
+        # so resume tests also check that a mid-epoch resume logs the same mean.
+        return ModelOutput(logits=logits, stats={"toy.mean_logit": float(logits.detach().mean())})
