@@ -111,15 +111,6 @@ def _override_value(value: Any) -> str:
     return text if bare and parse_scalar(text) == text else json.dumps(text)
 
 
-def _lookup(data: dict, dotted: str) -> tuple[bool, Any]:
-    cur: Any = data
-    for part in dotted.split("."):
-        if not isinstance(cur, dict) or part not in cur:
-            return False, None
-        cur = cur[part]
-    return True, cur
-
-
 def _dataset_has_option(data: dict, option_name: str, registry) -> bool:
     node = data.get("data")
     kind = node.get("type") if isinstance(node, dict) else node
@@ -134,14 +125,16 @@ def _dataset_has_option(data: dict, option_name: str, registry) -> bool:
 
 def inherited_overrides(parent_data: dict, parent_recipe, stage_data: dict, own: list[str], registry) -> list[str]:
     """The overrides that pass :data:`INHERITED_KEYS` from the declaring run to a stage (the stated rule)."""
+    from mercore.recipe import _MISSING, _lookup  # recipe.py imports this module: look up at call time
+
     own_keys = {o.lstrip("~").split("=", 1)[0].strip() for o in own}
     out = []
     for key in INHERITED_KEYS:
         if key in own_keys:
             continue
         if key.startswith("data."):
-            found, value = _lookup(parent_data, key)
-            if not found or value is None or not _dataset_has_option(stage_data, key.split(".", 1)[1], registry):
+            value = _lookup(parent_data, key)
+            if value is _MISSING or value is None or not _dataset_has_option(stage_data, key.split(".", 1)[1], registry):
                 continue
         elif key.startswith("trainer."):
             value = getattr(parent_recipe.trainer, key.split(".", 1)[1])

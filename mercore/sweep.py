@@ -82,16 +82,16 @@ class SettingResult:
 def run_one(recipe: str, overrides: Sequence[str], run_dir: Path, log: Callable[[str], None]) -> str:
     """Run (or resume, or skip) one run; returns what was done: ``finished``, ``resumed`` or ``ran``."""
     from mercore.recipe import load_recipe
-    from mercore.train import Trainer
+    from mercore.stages import run_with_stages, stage_state
 
-    if (run_dir / "results.json").is_file():
+    state = stage_state(run_dir)
+    if state == "finished":
         return "finished"
-    ckpts = run_dir / "checkpoints"
-    resume = ckpts.is_dir() and any(ckpts.iterdir())
+    resume = state == "resume"
     loaded = load_recipe(recipe, [*overrides, f"output_dir={run_dir}", *(["resume=true"] if resume else [])])
     for note in loaded.notes:
         log(f"note: {note.message}")
-    Trainer(loaded, log=lambda msg: log(_TEST_IN_LOG.sub("", msg))).run()
+    run_with_stages(loaded, log=lambda msg: log(_TEST_IN_LOG.sub("", msg)))  # its stages (an IKD teacher) first
     return "resumed" if resume else "ran"
 
 

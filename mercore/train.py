@@ -272,7 +272,8 @@ class Trainer:
         setup = self._set_up()
         state = self._resume(setup) if self.recipe.resume else LoopState()
         if self.is_main:
-            self._keep_metrics_before(self.metrics_path, state.epoch)
+            # drop the lines of epochs the resumed run redoes (a truncated last line too)
+            metrics_log.keep_records_through(self.metrics_path, state.epoch, log=self.log)
         with self._stop_requests():
             while state.epoch < self.cfg.epochs:
                 t_epoch = time.perf_counter()
@@ -507,10 +508,6 @@ class Trainer:
             self.log(f"warning: the checkpoint was written by {len(ranks)} processes and is resumed by {self.world}: "
                      "every rank continues from rank 0's random state, so the run is not an exact continuation")
         _set_rng_state(trainer_state["rng"])
-
-    def _keep_metrics_before(self, path: Path, epoch: int) -> None:
-        """Drop metric lines of epochs that the resumed run will redo (written after the last checkpoint)."""
-        metrics_log.keep_records_through(path, epoch, log=self.log)  # a truncated last line is dropped
 
     # -- the end ---------------------------------------------------------------------------------------------
     def _finish(self, setup: TrainingSetup, state: LoopState, seconds: float) -> dict:
