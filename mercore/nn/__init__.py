@@ -19,6 +19,7 @@ head          :class:`Head`                    ``(B, T, C)`` tensor
 distiller     :class:`Distiller`               ``{name: scalar}``
 dataset       :class:`Dataset`                 :class:`mercore.data.types.Corpus`
 loss          :class:`Loss`                    scalar tensor
+extractor     :class:`Extractor`               one ``(T, D)`` tensor per :class:`Conversation`
 ============  ===============================  ================================================================
 
 Optional capabilities are declared, not probed: a component has one when it implements the capability
@@ -31,6 +32,7 @@ positions), :mod:`mercore.nn.gates` (SDT's gates), :mod:`mercore.nn.embedding` (
 
 from mercore.nn.embedding import EmbeddingConfig, UtteranceEmbedding
 from mercore.nn.encoder import AttentionEncoder, Encoder
+from mercore.nn.extractor import Conversation, Extractor
 from mercore.nn.fusion import Fusion, FusionOutput, GuidableFusion, check_fusion_modalities
 from mercore.nn.gates import ModalityGate, UnimodalGate
 from mercore.nn.layers import FeedForward, LogitHook, MultiHeadAttention, TransformerLayer, sinusoidal_positions
@@ -41,11 +43,13 @@ from mercore.nn.training import Dataset, Distiller, Loss
 
 __all__ = [
     "AttentionEncoder",
+    "Conversation",
     "Dataset",
     "Distiller",
     "EmbeddingConfig",
     "Encoder",
     "Experts",
+    "Extractor",
     "FeedForward",
     "Fusion",
     "FusionOutput",
