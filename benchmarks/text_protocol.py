@@ -1,0 +1,106 @@
+"""The dev-only protocol behind benchmarks/RESULTS_text.md: choose every setting on dev, then read test once.
+
+Coordinate descent over the four text recipes of one corpus, each step a ``mercore sweep`` (grid x seeds,
+ranked by mean dev weighted F1; resumable, so a killed protocol restarts where it stopped):
+
+1. ``shared``: lr x dropout x weight decay, on text_bigru (the cheapest model; the four recipes share these).
+2. ``loss``: class weighting x label smoothing, on text_bigru with step 1's choice.
+3. ``sdmoe``: the sigma gate's c x stat_axis, on text_sdmoe with steps 1-2.
+4. ``transformer``: layers, on text_transformer with steps 1-2.
+5. ``summer``: the IKD temperature, on summer_text (student = step 3's SDMoE), the teacher being step 3's
+   selected text_sdmoe run of the same seed (reused, not retrained).
+
+``--final`` then trains each recipe with every choice on fresh seeds (100-104 by default, never used for a
+choice) and writes the runs to ``OUT/final/<recipe>/seed<N>`` (summer_text's teacher: the final text_sdmoe run of
+its seed), for ``mercore report`` and ``mercore compare``. Run from the repository root::
+
+    python benchmarks/text_protocol.py iemocap            # the sweeps (dev only)
+    python benchmarks/text_protocol.py iemocap --final    # then the final seeds
+
+Choices are written to ``OUT/choices.json`` as they are made.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from mercore.sweep import sweep
+
+STEPS: list[tuple[str, str, list[tuple[str, list[str]]]]] = [
+    ("shared", "text_bigru", [("optimizer.lr", ["5e-4", "1e-3", "2e-3"]),
+                              ("model.encoder.dropout", ["0.3", "0.5"]),
+                              ("optimizer.weight_decay", ["0.01", "0.1"])]),
+    ("loss", "text_bigru", [("loss.class_weights", ["none", "inverse_frequency"]),
+                            ("loss.label_smoothing", ["0.0", "0.1"])]),
+    ("sdmoe", "text_sdmoe", [("model.moe.router.c", ["1.0", "2.0"]),
+                             ("model.moe.router.stat_axis", ["tokens", "experts"])]),
+    ("transformer", "text_transformer", [("model.encoder.layers", ["1", "2"])]),
+    ("summer", "summer_text", [("distiller.temperature", ["1.0", "2.0", "4.0"])]),
+]
+# which earlier steps' choices each recipe takes
+USES = {"text_bigru": ["shared", "loss"], "text_transformer": ["shared", "loss", "transformer"],
+        "text_sdmoe": ["shared", "loss", "sdmoe"], "summer_text": ["shared", "loss", "sdmoe", "summer"]}
+
+
+def recipe_path(recipe: str, corpus: str) -> str:
+    return f"recipes/{recipe}_{corpus}.yaml"
+
+
+def chosen_overrides(choices: dict[str, list[str]], steps: list[str]) -> list[str]:
+    return [o for s in steps for o in choices.get(s, [])]
+
+
+def run_sweeps(corpus: str, out: Path, seeds: list[int], base: list[str]) -> dict[str, list[str]]:
+    choices_file = out / "choices.json"
+    choices: dict[str, list[str]] = json.loads(choices_file.read_text()) if choices_file.exists() else {}
+    for step, recipe, grid in STEPS:
+        uses = [s for s in USES[recipe] if s != step]
+        overrides = [*base, *chosen_overrides(choices, uses)]
+        if recipe == "summer_text":  # the teacher: step sdmoe's selected run of the same seed
+            teacher = out / "sdmoe" / choices["sdmoe_dir"]
+            overrides.append(f"stages.teacher.output_dir={teacher.resolve()}/seed${{seed}}")
+        ranked, _ = sweep(recipe_path(recipe, corpus), grid, seeds, overrides, out / step,
+                          log=lambda m: print(m, flush=True) if m.startswith("sweep") else None)
+        choices[step] = ranked[0].overrides
+        choices[f"{step}_dir"] = ranked[0].run_dirs[0].parent.name
+        choices_file.write_text(json.dumps(choices, indent=2))
+        print(f"== {corpus} {step}: chose {' '.join(ranked[0].overrides)} (dev {100 * ranked[0].dev_mean:.2f})",
+              flush=True)
+    return choices
+
+
+def run_final(corpus: str, out: Path, seeds: list[int], base: list[str]) -> None:
+    from mercore.sweep import run_one
+
+    choices = json.loads((out / "choices.json").read_text())
+    for seed in seeds:
+        for recipe in ["text_bigru", "text_transformer", "text_sdmoe", "summer_text"]:
+            overrides = [*base, *chosen_overrides(choices, USES[recipe]), f"seed={seed}"]
+            if recipe == "summer_text":
+                overrides.append(f"stages.teacher.output_dir={(out / 'final' / 'text_sdmoe' / f'seed{seed}').resolve()}")
+            run_dir = out / "final" / recipe / f"seed{seed}"
+            print(f"final: {recipe} seed {seed} -> {run_dir}", flush=True)
+            run_one(recipe_path(recipe, corpus), overrides, run_dir, log=lambda m: None)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("corpus", choices=["iemocap", "meld"])
+    p.add_argument("--data", default=None, help="data root (default ../shared/data/CORPUS)")
+    p.add_argument("--out", default=None, help="default runs/protocol/CORPUS")
+    p.add_argument("--seeds", default="0,1", help="sweep seeds")
+    p.add_argument("--final", action="store_true", help="train the final seeds with the choices")
+    p.add_argument("--final-seeds", default="100,101,102,103,104")
+    args = p.parse_args()
+    out = Path(args.out or f"runs/protocol/{args.corpus}")
+    base = [f"data.root={args.data or f'../shared/data/{args.corpus}'}", "trainer.threads=1", "trainer.progress=false"]
+    if args.final:
+        run_final(args.corpus, out, [int(s) for s in args.final_seeds.split(",")], base)
+    else:
+        run_sweeps(args.corpus, out, [int(s) for s in args.seeds.split(",")], base)
+
+
+if __name__ == "__main__":
+    main()
