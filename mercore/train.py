@@ -282,7 +282,13 @@ class Trainer:
                     break
                 if dist.any_rank(self._stop_requested) and state.epoch < self.cfg.epochs:  # just saved: stop now
                     self._raise_interrupted(f"the end of epoch {state.epoch}")
-        return self._finish(setup, state, time.perf_counter() - t_start)
+            results = self._finish(setup, state, time.perf_counter() - t_start)
+        if dist.any_rank(self._stop_requested):
+            # Asked to stop during the last epoch's evaluation or the final one: the run is complete and its
+            # results are written, but the caller (a sweep, a stage plan, the shell) must still stop.
+            self.log("stop request: the run had finished training; its results are written")
+            raise stop_signals.RunInterrupted(self._stop_signum)
+        return results
 
     # -- set-up ----------------------------------------------------------------------------------------------
     def _set_up(self) -> TrainingSetup:

@@ -479,3 +479,23 @@ def test_full_disk_while_taking_the_lock_is_a_storage_error(tmp_path, monkeypatc
     monkeypatch.setattr(os, "pwrite", full)
     with pytest.raises(StorageError, match=rf"disk full while writing {tmp_path / 'r' / LOCK_FILE}"):
         RunLock(tmp_path / "r").acquire()
+
+
+def test_stop_during_the_last_evaluation_finishes_the_run_and_stops_the_caller(tmp_path, monkeypatch):
+    """A signal while the last epoch is evaluated: the run completes (results written), then the caller stops.
+
+    Found in a sweep: SIGTERM during the final evaluation was swallowed and the sweep started its next run.
+    """
+    path = recipe_file(tmp_path, "last", epochs=2)
+    original, calls = Trainer._end_epoch, {"n": 0}
+
+    def end_epoch(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the last epoch's evaluation, as a SIGTERM arriving then would
+            self._stop_requested, self._stop_signum = True, signal.SIGTERM
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "_end_epoch", end_epoch)
+    assert cli_main(["run", str(path)]) == 128 + signal.SIGTERM
+    out = tmp_path / "last"
+    assert json.loads((out / "results.json").read_text())["epochs_run"] == 2
