@@ -5,12 +5,14 @@ ranked by mean dev weighted F1; resumable, so a killed protocol restarts where i
 
 1. ``shared``: lr x dropout, on text_bigru (the cheapest model; the text recipes share these).
 2. ``loss``: class weighting, on text_bigru with step 1's choice.
-3. ``sdmoe``: the sigma gate's statistic axis (tokens or experts), on text_sdmoe with steps 1-2.
+3. ``sdmoe``: text_sdmoe with steps 1-2 (nothing swept: these runs are step 4's teachers).
 4. ``summer``: the IKD temperature, on summer_text (student = step 3's SDMoE), the teacher being step 3's
    selected text_sdmoe run of the same seed (reused, not retrained).
 
 The grid is small because the machine is (2 CPU cores): weight decay 0.1, label smoothing 0.1, the gate's
-c = 2 and the encoders' sizes stay as the recipes set them (single-value grid entries keep the keys visible).
+c = 2 and its statistic axis (tokens), and the encoders' sizes stay as the recipes set them (single-value grid
+entries keep the keys visible). ``--steps`` runs some steps only and ``--step-seeds summer=0`` gives one step
+its own seeds; a step left out can take another corpus's choice by copying it into ``choices.json``.
 
 ``--final`` then trains each recipe (text_bigru, text_sdmoe, summer_text by default) with every choice on fresh seeds (100-104 by default, never used for a
 choice) and writes the runs to ``OUT/final/<recipe>/seed<N>`` (summer_text's teacher: the final text_sdmoe run of
@@ -35,7 +37,7 @@ STEPS: list[tuple[str, str, list[tuple[str, list[str]]]]] = [
                               ("model.encoder.dropout", ["0.3", "0.5"]),
                               ("optimizer.weight_decay", ["0.1"])]),
     ("loss", "text_bigru", [("loss.class_weights", ["none", "inverse_frequency"])]),
-    ("sdmoe", "text_sdmoe", [("model.moe.router.stat_axis", ["tokens", "experts"])]),
+    ("sdmoe", "text_sdmoe", [("model.moe.router.stat_axis", ["tokens"])]),  # the recipe's model; summer's teachers
     ("summer", "summer_text", [("distiller.temperature", ["1.0", "2.0", "4.0"])]),
 ]
 # which earlier steps' choices each recipe takes
@@ -51,16 +53,19 @@ def chosen_overrides(choices: dict[str, list[str]], steps: list[str]) -> list[st
     return [o for s in steps for o in choices.get(s, [])]
 
 
-def run_sweeps(corpus: str, out: Path, seeds: list[int], base: list[str]) -> dict[str, list[str]]:
+def run_sweeps(corpus: str, out: Path, seeds: list[int], base: list[str], steps: list[str],
+               step_seeds: dict[str, list[int]]) -> dict[str, list[str]]:
     choices_file = out / "choices.json"
     choices: dict[str, list[str]] = json.loads(choices_file.read_text()) if choices_file.exists() else {}
     for step, recipe, grid in STEPS:
+        if step not in steps:
+            continue
         uses = [s for s in USES[recipe] if s != step]
         overrides = [*base, *chosen_overrides(choices, uses)]
         if recipe == "summer_text":  # the teacher: step sdmoe's selected run of the same seed
             teacher = out / "sdmoe" / choices["sdmoe_dir"]
             overrides.append(f"stages.teacher.output_dir={teacher.resolve()}/seed${{seed}}")
-        ranked, _ = sweep(recipe_path(recipe, corpus), grid, seeds, overrides, out / step,
+        ranked, _ = sweep(recipe_path(recipe, corpus), grid, step_seeds.get(step, seeds), overrides, out / step,
                           log=lambda m: print(m, flush=True) if m.startswith("sweep") else None)
         choices[step] = ranked[0].overrides
         choices[f"{step}_dir"] = ranked[0].run_dirs[0].parent.name
@@ -90,6 +95,9 @@ def main() -> None:
     p.add_argument("--data", default=None, help="data root (default ../shared/data/CORPUS)")
     p.add_argument("--out", default=None, help="default runs/protocol/CORPUS")
     p.add_argument("--seeds", default="0,1", help="sweep seeds")
+    p.add_argument("--steps", default=",".join(s for s, _, _ in STEPS), help="the steps to run, comma-separated")
+    p.add_argument("--step-seeds", action="append", default=[], metavar="STEP=S1,S2",
+                   help="seeds of one step (default --seeds); repeatable")
     p.add_argument("--final", action="store_true", help="train the final seeds with the choices")
     p.add_argument("--final-seeds", default="100,101,102,103,104")
     p.add_argument("--final-recipes", default="text_bigru,text_sdmoe,summer_text",
@@ -101,7 +109,8 @@ def main() -> None:
         run_final(args.corpus, out, [int(s) for s in args.final_seeds.split(",")], base,
                   args.final_recipes.split(","))
     else:
-        run_sweeps(args.corpus, out, [int(s) for s in args.seeds.split(",")], base)
+        step_seeds = {k: [int(v) for v in vs.split(",")] for k, _, vs in (a.partition("=") for a in args.step_seeds)}
+        run_sweeps(args.corpus, out, [int(s) for s in args.seeds.split(",")], base, args.steps.split(","), step_seeds)
 
 
 if __name__ == "__main__":
