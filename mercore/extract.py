@@ -288,11 +288,13 @@ def extractor_from_identity(identity: dict[str, str], registry: Registry | None 
         registry = get_registry()
     identity = check_identity(identity, "recorded identity")
     name = identity["extractor"]
-    if name not in registry.names("extractor"):
+    try:
+        registry.get("extractor", name)
+    except RegistryError:
         installed = ", ".join(registry.names("extractor")) or "(none)"
         raise RegistryError(f"the features were made by extractor {name!r}, which is not installed here (installed "
                             f"extractors: {installed}); install the package that provides it (mercore's own "
-                            "extractors: pip install 'mercore[extract]')")
+                            "extractors: pip install 'mercore[extract]')") from None
     try:
         options = json.loads(identity["options"])
     except json.JSONDecodeError as exc:
@@ -354,7 +356,6 @@ def run_extract(recipe: ExtractRecipe, log=None) -> ExtractSummary:
     ``log(message)`` receives progress notes (default: stderr).
     """
     import torch
-    from safetensors.torch import save
 
     from mercore.checkpoint import atomic_write_bytes
     from mercore.nn.extractor import Extractor, FittableExtractor
@@ -414,7 +415,7 @@ def run_extract(recipe: ExtractRecipe, log=None) -> ExtractSummary:
         tensors = {}
         for r, f in zip(chunk, _checked_features(feats, chunk, extractor, recipe)):
             tensors[r.conversation.dialogue] = f.to(dtype).contiguous()
-        atomic_write_bytes(part, save(tensors, metadata=meta))
+        atomic_write_bytes(part, safetensors_bytes(tensors, meta))
         computed += 1
         bar.postfix = f"{min((k + 1) * recipe.chunk, len(ids))}/{len(ids)} dialogues"
 
@@ -427,10 +428,37 @@ def run_extract(recipe: ExtractRecipe, log=None) -> ExtractSummary:
     missing = [d for d in ids if d not in merged]
     if missing:  # cannot happen unless a part was edited by hand between the check and now
         raise DataError(f"{parts}: parts lack dialogues {missing[:5]}; remove the folder and extract again")
-    atomic_write_bytes(output, save({d: merged[d] for d in ids}, metadata=meta))
+    atomic_write_bytes(output, safetensors_bytes({d: merged[d] for d in ids}, meta))
     shutil.rmtree(parts, ignore_errors=True)
     extract_seconds = time.perf_counter() - t1
     return ExtractSummary(output, len(ids), n_utt, extractor.dim, computed, reused, load_seconds, extract_seconds)
+
+
+_SAFETENSORS_DTYPES = {"float16": "F16", "float32": "F32", "bfloat16": "BF16"}
+
+
+def safetensors_bytes(tensors: dict[str, "torch.Tensor"], metadata: dict[str, str]) -> bytes:
+    """A safetensors file whose bytes are a pure function of its content.
+
+    ``safetensors.torch.save`` writes the metadata in hash-map order, which changes from process to process;
+    here the metadata keys are sorted and the tensors laid out in key order (little-endian, as the format says).
+    """
+    import torch
+
+    header: dict[str, Any] = {"__metadata__": dict(sorted(metadata.items()))}
+    blobs, offset = [], 0
+    for name in sorted(tensors):
+        t = tensors[name].detach().contiguous().cpu()
+        kind = _SAFETENSORS_DTYPES.get(str(t.dtype).removeprefix("torch."))
+        if kind is None:
+            raise DataError(f"tensor {name!r}: dtype {t.dtype} cannot be stored (use {', '.join(_SAFETENSORS_DTYPES)})")
+        blob = t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
+        header[name] = {"dtype": kind, "shape": list(t.shape), "data_offsets": [offset, offset + len(blob)]}
+        blobs.append(blob)
+        offset += len(blob)
+    text = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-len(text) % 8)  # the data starts 8-byte aligned, as safetensors' own writer pads it
+    return len(text).to_bytes(8, "little") + text + b"".join(blobs)
 
 
 def _labels_of(row: InputDialogue, source: str) -> tuple[str | None, ...]:
@@ -466,6 +494,10 @@ def _check_existing_output(output: Path, meta: dict[str, str], ids: list[str]) -
     from safetensors import safe_open
 
     old = read_metadata(output) or {}
+    same_extractor = {k: v for k, v in old.items() if k != "dtype"} == {k: v for k, v in meta.items() if k != "dtype"}
+    if same_extractor and old.get("dtype") != meta["dtype"]:
+        raise DataError(f"{output} already exists with features of this extractor stored as {old.get('dtype')}, not "
+                        f"{meta['dtype']}; choose another output, or delete the file to replace it")
     if old != meta:
         raise DataError(f"{output} already exists and holds features of {describe_identity(old)} "
                         f"(modality {old.get('modality')}, dim {old.get('dim')}, dtype {old.get('dtype')}), not of "
