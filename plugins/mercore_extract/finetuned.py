@@ -96,8 +96,9 @@ class FinetunedEncoder:
             self._load_saved()
         else:
             base = resolve_weights(config.base, "extractor.base")  # fail now, not after the data is read
-            hidden = int(json.loads((base / "config.json").read_text())["hidden_size"])
-            self.dim = hidden * (len(config.layers) if config.combine == "concat" else 1)
+            model_config = json.loads((base / "config.json").read_text())
+            self._check_layers(int(model_config["num_hidden_layers"]))  # before fine-tuning, not after
+            self.dim = int(model_config["hidden_size"]) * (len(config.layers) if config.combine == "concat" else 1)
 
     # -- the fitted model ------------------------------------------------------------------------------------------
     def needs_fit(self) -> bool:
@@ -118,7 +119,9 @@ class FinetunedEncoder:
         self.model.requires_grad_(False)
         hidden = int(self.model.config.hidden_size)
         self.dim = hidden * (len(self.config.layers) if self.config.combine == "concat" else 1)
-        n_layers = int(self.model.config.num_hidden_layers)
+        self._check_layers(int(self.model.config.num_hidden_layers))
+
+    def _check_layers(self, n_layers: int) -> None:
         bad = [i for i in self.config.layers if not -(n_layers + 1) <= i <= n_layers]
         if bad:
             raise ConfigError([f"extractor.layers: {bad} out of range for a model of {n_layers} layers "
