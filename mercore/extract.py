@@ -411,7 +411,10 @@ def run_extract(recipe: ExtractRecipe, log=None) -> ExtractSummary:
         if _part_is_complete(part, [r.conversation.dialogue for r in chunk]):
             reused += 1
             continue
-        feats = extractor.extract([r.conversation for r in chunk])
+        try:
+            feats = extractor.extract([r.conversation for r in chunk])
+        except DataError as exc:  # e.g. a missing audio file: say which input lines the chunk came from
+            raise DataError(f"{recipe.input}:{chunk[0].line}-{chunk[-1].line}: {exc}") from None
         tensors = {}
         for r, f in zip(chunk, _checked_features(feats, chunk, extractor, recipe)):
             tensors[r.conversation.dialogue] = f.to(dtype).contiguous()
