@@ -24,7 +24,7 @@ import attrs
 import torch
 
 from mercore.config import option
-from mercore.errors import ConfigError
+from mercore.errors import ConfigError, DataError
 from mercore.nn.extractor import Conversation
 from mercore_extract.encoding import check_pooling, encode, load_backbone, tokenize, utterance_inputs
 from mercore_extract.weights import resolve_weights, weight_file
@@ -114,6 +114,13 @@ class FinetunedEncoder:
                                f"({', '.join(diff)} differ: saved { {k: (record.get('options') or {}).get(k) for k in diff} }, "
                                f"recipe { {k: want.get(k) for k in diff} }); choose another save_to, or delete it "
                                "to fine-tune again"])
+        from mercore.extract import sha256_of_files
+
+        actual = sha256_of_files([weight_file(self.folder)])
+        if actual != record.get("weights_sha256"):
+            raise DataError(f"{weight_file(self.folder)}: sha256 {actual} is not the {record.get('weights_sha256')} "
+                            f"that {RECORD} recorded when it was fine-tuned (a changed or damaged file); delete "
+                            f"{self.folder} to fine-tune again")
         self.record = record
         self.tokenizer, self.model = load_backbone(self.folder, self.config.device, "extractor 'finetuned_encoder'")
         self.model.requires_grad_(False)

@@ -14,7 +14,7 @@ import torch
 
 transformers = pytest.importorskip("transformers", reason="the 'extract' extra is not installed (pip install 'mercore[extract]')")
 
-from mercore.errors import ConfigError  # noqa: E402
+from mercore.errors import ConfigError, DataError  # noqa: E402
 from mercore.extract import (LEGACY_IDENTITIES, extractor_from_identity, feature_identity, load_extract_recipe,  # noqa: E402
                              read_conversations, run_extract, sha256_of_files)
 from mercore.nn.extractor import Conversation, FittableExtractor  # noqa: E402
@@ -171,6 +171,13 @@ def test_a_saved_model_fine_tuned_with_other_options_is_refused(tmp_path, tiny_b
         load_extract_recipe(recipe, ["extractor.lr=0.01"], registry=registry).extractor.build()
     msg = str(info.value)
     assert f"extractor.save_to: {tmp_path / 'ft'} holds a model fine-tuned with other options (lr differ" in msg
+    # a damaged or swapped weight file is refused by its recorded hash
+    weights = tmp_path / "ft" / "model.safetensors"
+    original = weights.read_bytes()
+    weights.write_bytes(original[:-4] + b"\x00\x00\x00\x00")
+    with pytest.raises(DataError, match="model.safetensors: sha256 .* is not the .* that mercore_finetune.json recorded"):
+        load_extract_recipe(recipe, registry=registry).extractor.build()
+    weights.write_bytes(original)
     # reading options (layers, pooling) may change without fine-tuning again; the identity then differs
     enc = load_extract_recipe(recipe, ["extractor.layers=[-1]", "extractor.combine=concat", "extractor.pooling=cls"],
                               registry=registry).extractor.build()
