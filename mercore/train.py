@@ -169,7 +169,8 @@ def evaluate(c: Components, split: str, batch_size: int, device: torch.device, p
             teacher_out = c.distiller.teacher_output(batch) if c.distiller is not None and guides_at_eval else None
             logits = c.model(batch, teacher=teacher_out).logits
         # One copy back per batch; the per-utterance rows are then read from host tensors.
-        labels, pred, keep = (t.cpu() for t in (batch.labels, logits.argmax(-1), batch.mask & (batch.labels != PAD_LABEL)))
+        keep = batch.mask & (batch.labels != PAD_LABEL)
+        labels, pred, keep = (t.cpu() for t in (batch.labels, logits.argmax(-1), keep))
         golds.append(labels[keep])
         preds.append(pred[keep])
         for b, did in enumerate(batch.dialogue_ids):
