@@ -85,12 +85,14 @@ def main(argv: list[str] | None = None) -> int:
     runs = []
     plan = [("cuda", "bf16", args.cuda_steps, 3), ("cuda", "fp32", args.cuda_steps, 3)] if args.device == "cuda" else []
     plan.append(("cpu", "fp32", args.cpu_steps, 1))
-    for device, precision, steps, warmup in plan:
-        result = summer_epoch.measure(device, precision, steps=steps, warmup=warmup, quick=args.quick, top=15,
-                                      experts=True, rounds=3 if device == "cuda" else 1)
-        runs.append(result)
-        print(summer_epoch.report(result), flush=True)
     size = summer_epoch.QUICK if args.quick else summer_epoch.PAPER
+    with tempfile.TemporaryDirectory(prefix="gpu_table_") as tmp:
+        data = summer_epoch.fake_iemocap(Path(tmp), size["dialogues"], size["utterances"], args.quick)  # written once
+        for device, precision, steps, warmup in plan:
+            result = summer_epoch.measure(device, precision, steps=steps, warmup=warmup, quick=args.quick, top=15,
+                                          experts=True, rounds=3 if device == "cuda" else 1, data=data)
+            runs.append(result)
+            print(summer_epoch.report(result), flush=True)
     sections.append(f"## SUMMER training step ({'QUICK sizes' if args.quick else 'the paper size'}: hidden "
                     f"{size['hidden']}, batch {size['batch_size']}, {runs[0]['dialogues']} dialogues / "
                     f"{runs[0]['utterances']} utterances, torch {torch.__version__})\n\n" + summer_rows(runs))

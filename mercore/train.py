@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import signal
-import os
 import time
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
