@@ -33,8 +33,8 @@ examples:
   mercore run recipes/demo_synthetic.yaml resume=true        continue an interrupted run
 stages:
   a recipe's `stages:` (e.g. an IKD teacher) are trained first by `run`, which prints the stage plan;
-  each inherits seed, data.root/data.path and trainer.device/threads/progress unless its overrides set
-  them. validate and eval never train a stage.
+  each inherits seed, data.root/data.path and trainer.device/precision/threads/progress unless its
+  overrides set them. validate and eval never train a stage.
   torchrun --nproc_per_node=2 -m mercore run RECIPE          data-parallel training
 """
 
@@ -106,10 +106,8 @@ def cmd_validate(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    import torch
-
     from mercore.runs import load_run_recipe, load_run_weights, locate_checkpoint
-    from mercore.train import build_components, evaluate, model_guides_at_eval
+    from mercore.train import apply_thread_policy, build_components, evaluate, model_guides_at_eval, resolve_device
 
     run_dir, folder = locate_checkpoint(args.checkpoint)
     recipe, _ = load_run_recipe(run_dir)
@@ -118,9 +116,14 @@ def cmd_eval(args) -> int:
     if recipe.distiller is not None and model_guides_at_eval(recipe):
         print("note: the model lets the teacher guide at evaluation (model.guide_at_eval), so eval loads the "
               "distiller's teacher run", file=sys.stderr)
+    device = resolve_device(args.device, where="--device")  # before loading anything: a missing CUDA is a usage error
+    apply_thread_policy(recipe.trainer.threads)
     c = build_components(recipe, for_eval=True)
     load_run_weights(folder, c.model, c.distiller)
-    report, _ = evaluate(c, args.split, recipe.trainer.eval_batch_size, torch.device("cpu"))
+    c.model.to(device)
+    if c.distiller is not None:
+        c.distiller.to(device)
+    report, _ = evaluate(c, args.split, recipe.trainer.eval_batch_size, device, recipe.trainer.precision)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -292,6 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="RUN_DIR or RUN_DIR/checkpoints/NAME")
     p.add_argument("--split", default="test", choices=["train", "dev", "test"])
     p.add_argument("--json", action="store_true", help="print the whole report as JSON")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: CUDA when available, "
+                                                    "else the CPU); the run's trainer.precision applies")
     _add_local_code_flag(p)
     p.set_defaults(func=cmd_eval)
 
@@ -322,6 +327,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI and return its exit code: 0 success, 1 run or file-access error, 2 config, data or usage error,
     128 + signum stopped by a signal (130 Ctrl-C), 141 stdout closed by its reader."""
+    from mercore.threads import set_wait_policy_env
+
+    set_wait_policy_env()  # before anything imports torch: OpenMP reads its wait policy once, when it loads
     try:
         args = _parse_args(build_parser(), argv)
     except SystemExit as exc:  # argparse already printed the usage error (code 2) or --help/--version (code 0)

@@ -39,8 +39,13 @@ class TrainerConfig:
     select_metric: Literal["weighted_f1", "accuracy", "macro_f1"] = option(
         "weighted_f1", help="dev metric that picks the checkpoint whose test score is reported")
     patience: int | None = option(None, help="stop after this many epochs without a dev improvement")
-    device: str = option("cpu", help="cpu, cuda, cuda:N or auto")
-    threads: int | None = option(None, help="torch intra-op threads (null: torch's default)")
+    device: str = option("auto", help="cpu, cuda, cuda:N or auto (CUDA when available, else the CPU); the device "
+                                      "used is written to the log and results.json")
+    precision: Literal["fp32", "bf16"] = option(
+        "fp32", help="fp32, or bf16: forward and loss under torch.autocast(bfloat16) on the run's device, weights "
+                     "and optimizer state stay fp32")
+    threads: int | None = option(None, help="torch intra-op threads (null: the cores this process may use minus "
+                                            "one, shared among torchrun's processes; OMP_NUM_THREADS if set)")
     progress: bool = option(True, help="show a progress bar when stderr is a terminal")
     keep_checkpoints: int = option(2, help="epoch checkpoints kept besides the best one")
     resume_from: str | None = option(None, help="checkpoint folder to resume from (default: the latest)")

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import signal
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -22,7 +23,7 @@ import torch
 
 from mercore import checkpoint as ckpt
 from mercore import distributed as dist
-from mercore import metrics_log, run_lock, stop_signals
+from mercore import metrics_log, run_lock, stop_signals, threads
 from mercore.config import config_to_dict
 from mercore.data import checks
 from mercore.data.types import PAD_LABEL, Corpus, DialogueBatch, iterate_batches
@@ -30,7 +31,7 @@ from mercore.errors import CheckpointError, ConfigError, StorageError, TrainingE
 from mercore.metrics import classification_report
 from mercore.model_api import ModelOutput
 from mercore.progress import Progress
-from mercore.recipe import LoadedRecipe, Recipe
+from mercore.recipe import _DEVICE, DEVICE_CHOICES, LoadedRecipe, Recipe
 from mercore.runs import load_run_weights, resolve_checkpoint
 from mercore.yaml_io import dump_yaml
 
@@ -39,6 +40,8 @@ from mercore.yaml_io import dump_yaml
 # saved before it existed lack it).
 RESUME_MAY_DIFFER = {"resume", "trainer.resume_from", "trainer.progress", "trainer.device", "trainer.threads",
                      "trainer.max_dialogue_length"}
+# Keys added to the recipe after runs were saved without them: a saved recipe that lacks one had this value.
+SAVED_WITHOUT = {"trainer.precision": "fp32"}
 
 
 def seed_everything(seed: int) -> None:
@@ -47,13 +50,40 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, where: str = "trainer.device") -> torch.device:
+    """The device ``name`` (cpu, cuda, cuda:N or auto: CUDA when available, else the CPU) names; ``where`` names
+    the setting in the error when it is not a device or asks for a CUDA device this machine lacks."""
+    if not _DEVICE.match(name):
+        raise ConfigError([f"{where}: {name!r} is not a device; valid choices: {', '.join(DEVICE_CHOICES)}"])
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError([f"trainer.device: {name!r} requested but CUDA is not available (use cpu or auto)"])
+        raise ConfigError([f"{where}: {name!r} requested but CUDA is not available (use cpu or auto)"])
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError([f"{where}: {name!r} requested but this machine has {torch.cuda.device_count()} CUDA "
+                           "device(s)"])
     return device
+
+
+def autocast(device: torch.device, precision: str):
+    """The context that runs a forward (and its loss) at ``precision`` on ``device``: nothing at fp32 (so fp32
+    stays bit-identical to a run without autocast), ``torch.autocast(bfloat16)`` at bf16 (CUDA and CPU)."""
+    if precision == "fp32":
+        return nullcontext()
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    raise ConfigError([f"trainer.precision: {precision!r} is not a precision; valid choices: fp32, bf16"])
+
+
+def apply_thread_policy(configured: int | None) -> int:
+    """Set torch's intra-op threads: ``configured`` (``trainer.threads``), else torch's own choice where the user
+    set ``OMP_NUM_THREADS``, else :func:`mercore.threads.default_threads`. Returns the count in use."""
+    if configured:
+        torch.set_num_threads(configured)
+    elif not os.environ.get("OMP_NUM_THREADS"):
+        torch.set_num_threads(threads.default_threads())
+    return torch.get_num_threads()
 
 
 @attrs.define
@@ -122,8 +152,10 @@ def forward_batch(c: Components, batch: DialogueBatch, model: torch.nn.Module | 
 
 
 @torch.no_grad()
-def evaluate(c: Components, split: str, batch_size: int, device: torch.device) -> tuple[dict, list[dict]]:
-    """Metrics of ``split`` and the per-utterance predictions ``{dialogue, index, gold, pred}``."""
+def evaluate(c: Components, split: str, batch_size: int, device: torch.device, precision: str = "fp32"
+             ) -> tuple[dict, list[dict]]:
+    """Metrics of ``split`` and the per-utterance predictions ``{dialogue, index, gold, pred}``, computed on
+    ``device`` (where the model is) at ``precision`` (``trainer.precision``)."""
     c.model.eval()
     if c.distiller is not None:
         c.distiller.eval()
@@ -131,17 +163,19 @@ def evaluate(c: Components, split: str, batch_size: int, device: torch.device) -
     golds, preds, rows = [], [], []
     # The teacher's forward is needed at evaluation only by a model that lets it guide there.
     guides_at_eval = model_guides_at_eval(c.model)
-    for batch in iterate_batches(c.corpus.split(split), c.modalities, batch_size):
+    for batch in iterate_batches(c.corpus.split(split), c.modalities, batch_size, pin_memory=device.type == "cuda"):
         batch = batch.to(device)
-        teacher_out = c.distiller.teacher_output(batch) if c.distiller is not None and guides_at_eval else None
-        logits = c.model(batch, teacher=teacher_out).logits
-        pred = logits.argmax(-1)
+        with autocast(device, precision):
+            teacher_out = c.distiller.teacher_output(batch) if c.distiller is not None and guides_at_eval else None
+            logits = c.model(batch, teacher=teacher_out).logits
+        # One copy back per batch; the per-utterance rows are then read from host tensors.
         keep = batch.mask & (batch.labels != PAD_LABEL)
-        golds.append(batch.labels[keep].cpu())
-        preds.append(pred[keep].cpu())
+        labels, pred, keep = (t.cpu() for t in (batch.labels, logits.argmax(-1), keep))
+        golds.append(labels[keep])
+        preds.append(pred[keep])
         for b, did in enumerate(batch.dialogue_ids):
             for t in torch.nonzero(keep[b]).flatten().tolist():
-                rows.append({"dialogue": did, "index": t, "gold": int(batch.labels[b, t]), "pred": int(pred[b, t])})
+                rows.append({"dialogue": did, "index": t, "gold": int(labels[b, t]), "pred": int(pred[b, t])})
     gold = torch.cat(golds) if golds else torch.zeros(0, dtype=torch.long)
     pred = torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long)
     return classification_report(gold, pred, c.corpus.label_names), rows
@@ -181,6 +215,8 @@ def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
 
 def _check_resume_recipe(saved: dict, current: dict) -> None:
     a, b = _flatten(saved), _flatten(current)
+    for key, value in SAVED_WITHOUT.items():
+        a.setdefault(key, value)
     differ = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in RESUME_MAY_DIFFER)
     if differ:
         shown = ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in differ[:8])
@@ -210,6 +246,45 @@ class LoopState:
         self.stat_sums = {}
 
 
+class StatSums:
+    """This epoch's sums of ``ModelOutput.stats`` kept where the values are (on the device, float64), read
+    into :attr:`LoopState.stat_sums` only by :meth:`flush` (at a checkpoint and at the epoch's end), so a
+    training step reads nothing back for them. A stat given as a Python float (already read by its component)
+    is added as it is.
+
+    Each sum starts from the state's saved value and is added to in step order, in float64, exactly as the
+    Python float sums of earlier versions: the logged means, and a mid-epoch resume's, are unchanged.
+    """
+
+    def __init__(self) -> None:
+        self._sums: dict[str, torch.Tensor] = {}
+
+    def add(self, state: LoopState, stats: dict[str, Any]) -> None:
+        for key, value in stats.items():
+            acc = state.stat_sums.setdefault(key, [0.0, 0])
+            acc[1] += 1
+            if not isinstance(value, torch.Tensor):
+                if key in self._sums:  # a tensor sum is pending: keep the order of the additions
+                    self._sums[key] = self._sums[key] + float(value)
+                else:
+                    acc[0] = acc[0] + float(value)
+                continue
+            value = value.detach().reshape(())
+            if key not in self._sums:
+                self._sums[key] = torch.tensor(acc[0], dtype=torch.float64, device=value.device)
+            self._sums[key] = self._sums[key] + value.to(torch.float64)
+
+    def flush(self, state: LoopState) -> None:
+        """Read the pending device sums (one host read) into ``state.stat_sums``."""
+        if not self._sums:
+            return
+        keys = list(self._sums)
+        values = torch.stack([self._sums[k].cpu() for k in keys]).tolist()
+        for key, value in zip(keys, values):
+            state.stat_sums[key][0] = value
+        self._sums = {}
+
+
 @attrs.define
 class TrainingSetup:
     """What set-up builds once per run: the components on their device and the optimization around them."""
@@ -221,6 +296,8 @@ class TrainingSetup:
     train_model: torch.nn.Module  # the model, or its DDP wrapper under torchrun
     train_set: list
     steps_per_epoch: int
+    precision: str = "fp32"  # trainer.precision
+    threads: int = 1  # torch intra-op threads in use
 
 
 class Trainer:
@@ -244,6 +321,7 @@ class Trainer:
         self._log = log
         self._stop_requested = False
         self._stop_signum = int(signal.SIGINT)  # the signal that asked to stop
+        self._stat_sums = StatSums()  # this epoch's stats, summed on the device
 
     def log(self, msg: str) -> None:
         if self.is_main:
@@ -293,8 +371,7 @@ class Trainer:
     # -- set-up ----------------------------------------------------------------------------------------------
     def _set_up(self) -> TrainingSetup:
         """Threads, device and seeds; the run directory; the components, optimizer and scheduler."""
-        if self.cfg.threads:
-            torch.set_num_threads(self.cfg.threads)
+        n_threads = apply_thread_policy(self.cfg.threads)
         device = resolve_device(self.cfg.device if not dist.is_distributed() else dist.device_for_rank(self.cfg.device))
         seed_everything(self.recipe.seed)
         self._prepare_run_dir()
@@ -315,10 +392,12 @@ class Trainer:
         n_params = sum(p.numel() for p in c.model.parameters() if p.requires_grad)
         self.log(f"data: {c.corpus.name} ({c.corpus.source}) modalities {c.modalities} "
                  f"train/dev/test dialogues {len(train_set)}/{len(dev_set)}/{len(test_set)}")
-        self.log(f"model: {self.recipe.model.name} with {n_params:,} trainable parameters on {device}"
+        self.log(f"model: {self.recipe.model.name} with {n_params:,} trainable parameters on {device} "
+                 f"({self.cfg.precision}, {n_threads} CPU thread{'s' if n_threads > 1 else ''})"
                  + (f", {self.world} processes" if self.world > 1 else ""))
         return TrainingSetup(components=c, device=device, optimizer=optimizer, scheduler=scheduler,
-                             train_model=train_model, train_set=train_set, steps_per_epoch=steps_per_epoch)
+                             train_model=train_model, train_set=train_set, steps_per_epoch=steps_per_epoch,
+                             precision=self.cfg.precision, threads=n_threads)
 
     def _prepare_run_dir(self) -> None:
         saved_recipe = self.run_dir / "recipe.yaml"
@@ -350,7 +429,9 @@ class Trainer:
         if c.distiller is not None:
             c.distiller.train()
         order = torch.Generator().manual_seed(self.recipe.seed * 1_000_003 + epoch)
-        batches = iterate_batches(setup.train_set, c.modalities, self.cfg.batch_size, generator=order)
+        # On CUDA the batch is collated into pinned memory and copied once, asynchronously (DialogueBatch.to).
+        batches = iterate_batches(setup.train_set, c.modalities, self.cfg.batch_size, generator=order,
+                                  pin_memory=setup.device.type == "cuda")
         bar = Progress(batches, setup.steps_per_epoch, desc=f"epoch {epoch + 1}/{self.cfg.epochs}",
                        enabled=self.cfg.progress and self.is_main)
         for step, batch in enumerate(bar):
@@ -368,14 +449,30 @@ class Trainer:
                 self._raise_interrupted(f"epoch {epoch + 1} step {step + 1}")
 
     def _train_step(self, setup: TrainingSetup, batch: DialogueBatch, step: int, state: LoopState) -> float:
-        """One optimizer step on ``batch`` (this rank's share); the global batch's loss."""
-        out, terms = forward_batch(setup.components, batch, model=setup.train_model)
-        for key, value in out.stats.items():
-            acc = state.stat_sums.setdefault(key, [0.0, 0])
-            acc[0], acc[1] = acc[0] + float(value), acc[1] + 1
-        total = dist.scale_loss(sum(terms.values()), batch)
+        """One optimizer step on ``batch`` (this rank's share); the global batch's loss.
+
+        The step reads one value back from the device: the logged loss, together with the gradient norm, after
+        the backward has been queued (so on CUDA the host waits once per step, while the GPU runs the backward,
+        not between forward and backward). A non-finite loss or norm stops the run before the optimizer step,
+        so the weights stay those of the last good step. Stats are summed on the device (:class:`StatSums`).
+        """
+        with autocast(setup.device, setup.precision):
+            out, terms = forward_batch(setup.components, batch, model=setup.train_model)
+            total = dist.scale_loss(sum(terms.values()), batch)
+        self._stat_sums.add(state, out.stats)
+        optimizer = setup.optimizer
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        norm = None
+        if self.cfg.grad_clip is not None:
+            params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+            norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
+        logged = dist.mean_across_ranks(total.detach())
+        # The one host read of the step: [the local loss, the logged (global) loss, the gradient norm].
+        read = torch.stack([total.detach().float(), logged.float(), (norm if norm is not None else logged).float()])
+        local_loss, loss, norm_value = read.tolist()
         where = f"epoch {state.epoch + 1}, step {step + 1}"
-        if not torch.isfinite(total):
+        if not math.isfinite(local_loss):
             shown = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in terms.items())
             last = ckpt.latest_folder(self.ckpt_dir)
             raise TrainingError(
@@ -383,26 +480,21 @@ class Trainer:
                 f"dialogues {batch.dialogue_ids[:4]}{'...' if len(batch.dialogue_ids) > 4 else ''}: {shown}. "
                 f"The last good checkpoint is kept: {last if last else 'none yet'}. "
                 "Lower the learning rate, enable trainer.grad_clip, or check the input features for NaN.")
-        optimizer = setup.optimizer
-        optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        if self.cfg.grad_clip is not None:
-            params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
-            norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
-            if not torch.isfinite(norm):
-                raise TrainingError(f"non-finite gradient norm at {where}; "
-                                    f"loss terms: {', '.join(f'{k}={float(v.detach()):.4g}' for k, v in terms.items())}")
+        if not math.isfinite(norm_value):
+            raise TrainingError(f"non-finite gradient norm at {where}; "
+                                f"loss terms: {', '.join(f'{k}={float(v.detach()):.4g}' for k, v in terms.items())}")
         optimizer.step()
         if setup.scheduler is not None:
             setup.scheduler.step()
-        return float(dist.mean_across_ranks(total.detach()))
+        return loss
 
     # -- end of epoch ----------------------------------------------------------------------------------------
     def _end_epoch(self, setup: TrainingSetup, state: LoopState, t_epoch: float) -> bool:
         """Evaluate, keep the best checkpoint, log the epoch, save; True when early stopping ends the run."""
         c, epoch = setup.components, state.epoch
-        dev, _ = evaluate(c, "dev", self.cfg.eval_batch_size, setup.device)
-        test, _ = evaluate(c, "test", self.cfg.eval_batch_size, setup.device)
+        self._stat_sums.flush(state)
+        dev, _ = evaluate(c, "dev", self.cfg.eval_batch_size, setup.device, setup.precision)
+        test, _ = evaluate(c, "test", self.cfg.eval_batch_size, setup.device, setup.precision)
         score = dev[self.cfg.select_metric]
         improved = score > state.best_score
         train_loss = state.epoch_loss_sum / max(state.epoch_loss_count, 1)
@@ -460,6 +552,7 @@ class Trainer:
     def _save(self, setup: TrainingSetup, state: LoopState, reason: str) -> None:
         """Write ``epoch-NNNN[-step-NNNNNN]`` (rank 0) with every rank's random state; every rank returns
         only once the checkpoint is complete. Called by every rank at the same step."""
+        self._stat_sums.flush(state)
         rng_ranks = dist.gather_to_main(_rng_state())  # [rank 0, rank 1, ...] on rank 0, None elsewhere
         if self.is_main:
             trainer_state = {
@@ -521,8 +614,8 @@ class Trainer:
         c = setup.components
         dist.barrier()  # rank 0 may still be writing best/
         load_run_weights(self.ckpt_dir / "best", c.model, c.distiller)
-        dev, _ = evaluate(c, "dev", self.cfg.eval_batch_size, setup.device)
-        test, rows = evaluate(c, "test", self.cfg.eval_batch_size, setup.device)
+        dev, _ = evaluate(c, "dev", self.cfg.eval_batch_size, setup.device, setup.precision)
+        test, rows = evaluate(c, "test", self.cfg.eval_batch_size, setup.device, setup.precision)
         history = metrics_log.read_records(self.metrics_path, log=self.log)
         best_test = max(history, key=lambda r: r["test"][self.cfg.select_metric]) if history else None
         results = {
@@ -539,6 +632,10 @@ class Trainer:
             # SDT's scripts report the best test epoch; given for comparison with the literature only.
             "reference_best_test_epoch": ({"epoch": best_test["epoch"], **best_test["test"]} if best_test else None),
             "train_seconds": round(seconds, 2),
+            # How it ran (trainer.device: auto resolves here): the device, precision and CPU threads used.
+            "device": str(setup.device),
+            "precision": setup.precision,
+            "threads": setup.threads,
         }
         if self.is_main:
             self._write_results(results, rows, c, state)

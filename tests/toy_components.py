@@ -55,6 +55,7 @@ class ToyModel(torch.nn.Module):
         dropout: float = 0.1
         modalities: list[str] = option(factory=lambda: ["text"])
         step_delay: float = 0.0  # seconds slept per training forward, so a test can kill a run mid-epoch
+        tensor_stats: bool = False  # the stat as a 0-d tensor (no host read), as a sync-free component gives it
 
     def __init__(self, config: Config, *, modality_dims, num_classes, **_):
         super().__init__()
@@ -72,7 +73,8 @@ class ToyModel(torch.nn.Module):
         logits = self.net(x)
         # A per-step statistic, as an MoE's gate statistics: the trainer logs its epoch mean in metrics.jsonl,
         # so resume tests also check that a mid-epoch resume logs the same mean.
-        return ModelOutput(logits=logits, stats={"toy.mean_logit": float(logits.detach().mean())})
+        mean = logits.detach().mean()
+        return ModelOutput(logits=logits, stats={"toy.mean_logit": mean if self.config.tensor_stats else float(mean)})
 
 
 class ToyExtractor:

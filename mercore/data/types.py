@@ -91,17 +91,20 @@ class DialogueBatch:
         return list(self.features)
 
     def to(self, device: torch.device | str) -> "DialogueBatch":
+        """The batch on ``device``. The copies are non-blocking: from pinned memory (``collate(...,
+        pin_memory=True)``) to CUDA they overlap with the host's work; otherwise they behave as plain copies."""
         return DialogueBatch(
             features={m: f.to(device, non_blocking=True) for m, f in self.features.items()},
-            mask=self.mask.to(device),
-            speakers=self.speakers.to(device),
-            labels=self.labels.to(device),
+            mask=self.mask.to(device, non_blocking=True),
+            speakers=self.speakers.to(device, non_blocking=True),
+            labels=self.labels.to(device, non_blocking=True),
             dialogue_ids=self.dialogue_ids,
         )
 
 
-def collate(dialogues: Sequence[Dialogue], modalities: Sequence[str]) -> DialogueBatch:
-    """Pad ``dialogues`` into a :class:`DialogueBatch` holding only ``modalities``.
+def collate(dialogues: Sequence[Dialogue], modalities: Sequence[str], *, pin_memory: bool = False) -> DialogueBatch:
+    """Pad ``dialogues`` into a :class:`DialogueBatch` holding only ``modalities``; with ``pin_memory`` (for a
+    CUDA run: needs CUDA) its tensors are allocated in page-locked memory, ready for an asynchronous copy.
 
     Raises:
         DataError: a dialogue lacks one of ``modalities``, or its feature length differs from its labels.
@@ -118,10 +121,11 @@ def collate(dialogues: Sequence[Dialogue], modalities: Sequence[str]) -> Dialogu
                     f"the recipe asks for modalities {list(modalities)}"
                 )
         dims[m] = int(dialogues[0].features[m].shape[-1])
-    features = {m: torch.zeros(B, T, dims[m]) for m in modalities}
-    mask = torch.zeros(B, T, dtype=torch.bool)
-    speakers = torch.zeros(B, T, dtype=torch.long)
-    labels = torch.full((B, T), PAD_LABEL, dtype=torch.long)
+    pin = dict(pin_memory=True) if pin_memory else {}
+    features = {m: torch.zeros(B, T, dims[m], **pin) for m in modalities}
+    mask = torch.zeros(B, T, dtype=torch.bool, **pin)
+    speakers = torch.zeros(B, T, dtype=torch.long, **pin)
+    labels = torch.full((B, T), PAD_LABEL, dtype=torch.long, **pin)
     for i, d in enumerate(dialogues):
         n = len(d)
         for m in modalities:
@@ -145,9 +149,11 @@ def iterate_batches(
     batch_size: int,
     *,
     generator: torch.Generator | None = None,
+    pin_memory: bool = False,
 ) -> Iterator[DialogueBatch]:
-    """Yield padded batches; shuffled by ``generator`` when one is given (a seeded generator = a fixed order)."""
+    """Yield padded batches; shuffled by ``generator`` when one is given (a seeded generator = a fixed order);
+    ``pin_memory``: collated into page-locked memory (see :func:`collate`)."""
     order = torch.randperm(len(dialogues), generator=generator).tolist() if generator is not None else range(len(dialogues))
     order = list(order)
     for start in range(0, len(order), batch_size):
-        yield collate([dialogues[i] for i in order[start:start + batch_size]], modalities)
+        yield collate([dialogues[i] for i in order[start:start + batch_size]], modalities, pin_memory=pin_memory)

@@ -64,14 +64,15 @@ def test_the_plan_states_the_inherited_keys_and_resolves_the_recipe_beside_its_d
     loaded = load_recipe(student, ["trainer.device=cpu", "trainer.threads=1", "trainer.epochs=9"])
     (stage,) = plan_stages(loaded)
     assert stage.recipe_path == student.parent / "teacher.yaml" and stage.state == "new"
-    # The rule: seed (set by the stage itself here, so not inherited), trainer.device/threads/progress.
-    assert stage.inherited == ["trainer.device=cpu", "trainer.threads=1", "trainer.progress=false"]
+    # The rule: seed (set by the stage itself here, so not inherited), trainer.device/precision/threads/progress.
+    assert stage.inherited == ["trainer.device=cpu", "trainer.precision=fp32", "trainer.threads=1",
+                               "trainer.progress=false"]
     r = stage.loaded.recipe
     assert (r.seed, r.trainer.epochs, r.trainer.threads, r.output_dir) == (7, 5, 1, str(tmp_path / "student" / "teacher"))
     lines = format_plan([stage], loaded)
     assert lines[0] == "stage plan (2 runs, in this order):"
     assert lines[1] == f"  - stage teacher: {stage.recipe_path} -> {tmp_path / 'student' / 'teacher'}  [new, trained]"
-    assert lines[2] == "      inherited: trainer.device=cpu trainer.threads=1 trainer.progress=false"
+    assert lines[2] == "      inherited: trainer.device=cpu trainer.precision=fp32 trainer.threads=1 trainer.progress=false"
     assert lines[3] == "      own overrides: seed=7 trainer.epochs=5"
     assert lines[4] == f"  - run: {student} -> {tmp_path / 'student'}"
 

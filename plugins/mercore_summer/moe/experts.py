@@ -47,9 +47,12 @@ class BiGRUExperts(nn.Module):
     output ``Linear(2H, D)(GRU(x))`` is then weighted by that utterance's gate, 0 for experts it did not select:
     ``y[n] = sum_e gate[n, e] * expert_e(dialogue)[n]``. An expert selected by no token is skipped.
 
-    The E GRUs run as a Python loop over E separate ``nn.GRU`` modules. That is deliberate: one GRU with E*H
-    hidden units is not equivalent (its recurrent matrix mixes experts), and a block-diagonal recurrence would
-    need a hand-written GRU, slower on CPU than cuDNN/MKL GRUs; with the paper's 4-8 experts the loop is cheap.
+    The E GRUs run as a Python loop over E separate ``nn.GRU`` modules, the alternatives having been measured
+    (``benchmarks/summer_epoch.py --experts``): ``torch.func.vmap`` over stacked GRU weights does not run (torch
+    has no batching rule for ``aten::gru``); one GRU of E*H hidden units with block-diagonal weights is the same
+    function in one call but at E times the recurrent FLOPs and not bit-identical (its sums run in another
+    order), so it is not used; one CUDA stream per expert is exact and is measured on CUDA only.
+    The host reads once per call (dialogue lengths for packing, and which experts any token selected).
     The hidden size per direction (``hidden``) defaults to D // 2, so both directions concatenated are D wide,
     as usual for bi-GRU context encoders (DialogueRNN/DialogueGCN style); the paper does not give it.
     """
@@ -84,23 +87,31 @@ class BiGRUExperts(nn.Module):
         mask = mask.bool()
         b, t, d = x.shape
         gate = routing.dense_gate(self.num_experts)  # (N, E)
-        selected = routing.selection(self.num_experts).any(dim=0).tolist()  # (E,) one host sync
         x_c, lengths = _compact(x, mask)
-        nonempty = lengths > 0
-        x_c, lengths_ne = x_c[nonempty], lengths[nonempty]
-        if x_c.shape[0] == 0:
+        # The host must know the dialogue lengths (packing takes them on the CPU) and which experts any token
+        # selected (the others are skipped): one read for both (on CUDA one device sync per layer, not three).
+        host = torch.cat([routing.selection(self.num_experts).any(dim=0).long(), lengths.long()]).cpu()
+        selected, lengths_host = host[: self.num_experts].tolist(), host[self.num_experts :]
+        keep = torch.nonzero(lengths_host > 0).flatten()  # non-empty dialogues, on the host
+        if keep.numel() == 0:
             return x.new_zeros(b, t, d)
-        # Packing needs lengths on the CPU; the same packed batch serves every expert.
-        packed = pack_padded_sequence(x_c, lengths_ne.cpu(), batch_first=True, enforce_sorted=False)
-        # Real positions in compacted layout: the first lengths[b] of each non-empty row.
-        real_c = torch.arange(t, device=x.device).unsqueeze(0) < lengths_ne.unsqueeze(1)  # (B', T)
+        lengths_ne = lengths_host[keep]
+        if keep.numel() < b:  # some dialogues have no real utterance: leave them out of the recurrence
+            x_c = x_c[keep.to(x.device, non_blocking=True)]
+        # The same packed batch serves every expert.
+        packed = pack_padded_sequence(x_c, lengths_ne, batch_first=True, enforce_sorted=False)
+        # Real positions in compacted layout, the first lengths[b] of each non-empty row, as row indices of the
+        # flattened (B' * T) output: built on the host, so selecting them needs no device sync (a boolean mask
+        # would: its result size lives on the device).
+        real_c = torch.arange(t).unsqueeze(0) < lengths_ne.unsqueeze(1)  # (B', T)
+        rows = torch.nonzero(real_c.flatten()).flatten().to(x.device, non_blocking=True)  # (N,)
         out = x.new_zeros(gate.shape[0], d)  # (N, D)
         for e in range(self.num_experts):
             if not selected[e]:
                 continue
             h, _ = self.grus[e](packed)
             h, _ = pad_packed_sequence(h, batch_first=True, total_length=t)  # (B', T, 2H)
-            y = self.proj[e](h[real_c])  # (N, D) in compacted row-major order
+            y = self.proj[e](h.flatten(0, 1).index_select(0, rows))  # (N, D) in compacted row-major order
             out = out + gate[:, e : e + 1] * y
         # Compacted row-major order equals x[mask] row-major order (stable compaction keeps utterance order,
         # and empty dialogues hold no tokens), so the rows map straight back.
