@@ -293,7 +293,9 @@ def test_cache_blocks_have_their_own_capacity(per_block: int) -> None:
     counts = [int((idx == i).sum()) for i in range(e)]
     row_bytes = h * 4
     budget = per_block * max(counts) * row_bytes
-    with mock.patch.object(padded, "CPU_BLOCK_BYTES", budget), mock.patch("torch.get_num_threads", return_value=1):
+    # A tolerance that accepts any padding: the cache budget alone sets the run length here.
+    with mock.patch.object(padded, "CPU_BLOCK_BYTES", budget), mock.patch.object(padded, "BLOCK_PAD_TOLERANCE", 1e9), \
+            mock.patch("torch.get_num_threads", return_value=1):
         routing = moe.sort_assignments(*padded_to_flat(idx, p["gate"])[:2], e, 40, 2)
         layout = padded.PaddedLayout(routing, padded.block_spans(routing, row_bytes))
         got = run(fused_moe, p, impl="padded")
@@ -302,6 +304,43 @@ def test_cache_blocks_have_their_own_capacity(per_block: int) -> None:
     caps = [max(max(counts[e0:e1]), 1) for e0, e1 in spans]
     assert layout.num_rows == sum((e1 - e0) * c for (e0, e1), c in zip(spans, caps))
     assert_match(got, run(naive_moe, p))
+
+
+@pytest.mark.parametrize(
+    "counts,threads,budget_runs,expected",
+    [
+        # Balanced loads: the longest run the cache allows pads no more than shorter ones.
+        ([10] * 8, 2, 8, 8),
+        # The cache allows 4 on 2 threads; runs of 2 pad nothing (120 rows), runs of 4 pad 40: runs of 2.
+        ([10, 10, 20, 20, 10, 10, 20, 20], 2, 4, 2),
+        # Runs are multiples of the thread count: with room for 3 on 2 threads, runs of 2.
+        ([10] * 8, 2, 3, 2),
+        # Room for less than the thread count: one expert per block.
+        ([10] * 8, 4, 3, 1),
+        # All experts fit although 6 is not a multiple of 4 threads: one block of all of them.
+        ([10] * 6, 4, 6, 6),
+        # One thread, uneven loads: runs of 1 pad nothing; 2 or 3 would pad 10 % or more.
+        ([5, 10, 5, 10, 5, 10], 1, 3, 1),
+    ],
+)
+def test_block_run_length_from_cache_and_padding(counts, threads, budget_runs, expected) -> None:
+    """The run length is the longest the cache budget and the thread count allow whose padded rows stay within
+    BLOCK_PAD_TOLERANCE of the least padding."""
+    row_bytes = 64
+    budget = budget_runs * max(counts) * row_bytes
+    with mock.patch.object(padded, "CPU_BLOCK_BYTES", budget), mock.patch("torch.get_num_threads", return_value=threads):
+        assert padded.experts_per_block(counts, row_bytes, torch.device("cpu")) == expected
+        assert padded.experts_per_block(counts, 0, torch.device("cpu")) == len(counts)  # no blocking asked for
+    assert padded.padded_rows([5, 10, 5, 10, 5, 10], 2) == 60 and padded.padded_rows([5, 10, 5], 2) == 25  # a short last run
+
+
+def test_block_budget_is_derived_from_the_machine_unless_set() -> None:
+    from mercore.kernels.moe.cpu_tuning import cpu_tuning
+
+    with mock.patch.object(padded, "CPU_BLOCK_BYTES", None):
+        assert padded.block_budget_bytes() == cpu_tuning().block_bytes > 0
+    with mock.patch.object(padded, "CPU_BLOCK_BYTES", 12345):
+        assert padded.block_budget_bytes() == 12345
 
 
 def test_input_validation() -> None:

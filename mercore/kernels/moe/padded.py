@@ -12,13 +12,23 @@ from torch import Tensor
 from .activations import acc_dtype
 from .block import Block
 from .combine import Combine
+from .cpu_tuning import cpu_tuning
 from .routing import MoERouting
 
-__all__ = ["CPU_BLOCK_BYTES", "PaddedGroups", "PaddedLayout", "Spans", "block_spans", "experts_per_block"]
+__all__ = [
+    "BLOCK_PAD_TOLERANCE", "CPU_BLOCK_BYTES", "PaddedGroups", "PaddedLayout", "Spans", "block_budget_bytes",
+    "block_spans", "experts_per_block", "padded_rows",
+]
 
 # CPU cache blocking: the padded layout holds its experts in runs whose (rows, h) intermediates take at most
-# this many bytes, and the kernel walks the runs (measurements: DESIGN.md, "CPU cache blocking").
-CPU_BLOCK_BYTES = 4 << 20
+# this many bytes, and the kernel walks the runs (DESIGN.md, "CPU cache blocking"). None: derived from this
+# machine's caches and thread count (cpu_tuning.block_bytes_for); an int overrides it (tests, experiments).
+CPU_BLOCK_BYTES: int | None = None
+
+# Among the run lengths the cache allows, the kernel takes the longest (fewest blocks: fewer ops, and with one
+# block the forward keeps act(pre) for the backward) whose padded rows stay within this fraction of the fewest
+# padded rows any allowed run length gives (DESIGN.md, "CPU cache blocking").
+BLOCK_PAD_TOLERANCE = 0.02
 
 
 class PaddedGroups:
@@ -55,24 +65,48 @@ class Spans:
     num_rows: int
 
 
-def experts_per_block(num_experts: int, capacity: int, row_bytes: int, device: torch.device) -> int:
-    """How many consecutive experts one block of the padded layout holds (see :data:`CPU_BLOCK_BYTES`)."""
-    if device.type != "cpu" or row_bytes <= 0:
+def block_budget_bytes() -> int:
+    """Bytes one block's ``(rows, h)`` buffer may take: :data:`CPU_BLOCK_BYTES` if set, else derived."""
+    return CPU_BLOCK_BYTES if CPU_BLOCK_BYTES is not None else cpu_tuning().block_bytes
+
+
+def padded_rows(counts: list[int], run: int) -> int:
+    """Rows of the padded layout when the experts are cut into runs of ``run`` (each padded to its largest load,
+    at least 1)."""
+    return sum((min(e0 + run, len(counts)) - e0) * max(max(counts[e0:e0 + run]), 1)
+               for e0 in range(0, len(counts), run))
+
+
+def experts_per_block(counts: list[int], row_bytes: int, device: torch.device) -> int:
+    """How many consecutive experts one block of the padded layout holds.
+
+    The cache allows runs whose ``(rows, h)`` buffer fits :func:`block_budget_bytes` at the largest load. A CPU
+    bmm splits its batch over the threads (a run of 3 experts on 2 threads leaves one thread idle a third of
+    the time: measured 30% slower), so allowed runs are multiples of the thread count (or 1 when not even
+    that fits), or all experts at once. Among them, the longest whose padded rows are within
+    :data:`BLOCK_PAD_TOLERANCE` of the least padding (shorter runs pad less: each block pads only to its own
+    largest load; longer runs mean fewer blocks)."""
+    num_experts = len(counts)
+    if device.type != "cpu" or row_bytes <= 0 or num_experts <= 1:
         return max(num_experts, 1)
-    per_block = max(1, CPU_BLOCK_BYTES // (capacity * row_bytes))
-    if per_block >= num_experts:
-        return max(num_experts, 1)
-    # A CPU bmm splits its batch over the threads: a run of 3 experts on 2 threads leaves one thread idle for a
-    # third of the time (measured 30% slower), so runs are a multiple of the thread count, or 1.
+    capacity = max(max(counts), 1)
+    limit = max(1, block_budget_bytes() // (capacity * row_bytes))
+    if limit >= num_experts:
+        limit = num_experts
     threads = torch.get_num_threads()
-    return max(1, per_block - per_block % threads)
+    runs = [r for r in range(threads, limit + 1, threads)] or [1]
+    if limit == num_experts and runs[-1] != num_experts:
+        runs.append(num_experts)
+    rows = {r: padded_rows(counts, r) for r in runs}
+    least = min(rows.values())
+    return max(r for r in runs if rows[r] <= (1 + BLOCK_PAD_TOLERANCE) * least)
 
 
 def block_spans(routing: MoERouting, row_bytes: int = 0) -> Spans:
     """Cut the experts into blocks of :func:`experts_per_block` consecutive experts (``row_bytes = 0``: one
     block); a block's capacity is the largest load among its experts (at least 1)."""
     counts = routing.counts
-    per_block = experts_per_block(len(counts), routing.capacity, row_bytes, routing.token.device)
+    per_block = experts_per_block(counts, row_bytes, routing.token.device)
     blocks, start = [], 0
     for e0 in range(0, len(counts), per_block):
         e1 = min(e0 + per_block, len(counts))
