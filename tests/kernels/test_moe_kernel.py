@@ -293,9 +293,7 @@ def test_cache_blocks_have_their_own_capacity(per_block: int) -> None:
     counts = [int((idx == i).sum()) for i in range(e)]
     row_bytes = h * 4
     budget = per_block * max(counts) * row_bytes
-    # A tolerance that accepts any padding: the cache budget alone sets the run length here.
-    with mock.patch.object(padded, "CPU_BLOCK_BYTES", budget), mock.patch.object(padded, "BLOCK_PAD_TOLERANCE", 1e9), \
-            mock.patch("torch.get_num_threads", return_value=1):
+    with mock.patch.object(padded, "CPU_BLOCK_BYTES", budget), mock.patch("torch.get_num_threads", return_value=1):
         routing = moe.sort_assignments(*padded_to_flat(idx, p["gate"])[:2], e, 40, 2)
         layout = padded.PaddedLayout(routing, padded.block_spans(routing, row_bytes))
         got = run(fused_moe, p, impl="padded")
@@ -307,31 +305,25 @@ def test_cache_blocks_have_their_own_capacity(per_block: int) -> None:
 
 
 @pytest.mark.parametrize(
-    "counts,threads,budget_runs,expected",
+    "num_experts,threads,budget_runs,expected",
     [
-        # Balanced loads: the longest run the cache allows pads no more than shorter ones.
-        ([10] * 8, 2, 8, 8),
-        # The cache allows 4 on 2 threads; runs of 2 pad nothing (120 rows), runs of 4 pad 40: runs of 2.
-        ([10, 10, 20, 20, 10, 10, 20, 20], 2, 4, 2),
-        # Runs are multiples of the thread count: with room for 3 on 2 threads, runs of 2.
-        ([10] * 8, 2, 3, 2),
-        # Room for less than the thread count: one expert per block.
-        ([10] * 8, 4, 3, 1),
-        # All experts fit although 6 is not a multiple of 4 threads: one block of all of them.
-        ([10] * 6, 4, 6, 6),
-        # One thread, uneven loads: runs of 1 pad nothing; 2 or 3 would pad 10 % or more.
-        ([5, 10, 5, 10, 5, 10], 1, 3, 1),
+        (8, 2, 8, 8),  # everything fits: one block
+        (6, 4, 6, 6),  # all experts fit although 6 is not a multiple of 4 threads: one block
+        (16, 2, 14, 8),  # room for 14: two even blocks of 8, not 14 and 2
+        (16, 2, 4, 4),  # room for 4: four blocks of 4
+        (8, 2, 3, 2),  # runs are multiples of the thread count: room for 3 on 2 threads gives 2
+        (7, 2, 6, 4),  # 7 experts, room for 6 on 2 threads: two blocks, the first 4 (7/2 rounded up to 2s)
+        (8, 4, 3, 1),  # room for less than the thread count: one expert per block
+        (5, 1, 2, 2),  # one thread: runs of 2, 2, 1
     ],
 )
-def test_block_run_length_from_cache_and_padding(counts, threads, budget_runs, expected) -> None:
-    """The run length is the longest the cache budget and the thread count allow whose padded rows stay within
-    BLOCK_PAD_TOLERANCE of the least padding."""
+def test_block_run_length_from_cache_and_threads(num_experts, threads, budget_runs, expected) -> None:
+    counts = [3, 10] * (num_experts // 2) + [10] * (num_experts % 2)  # the budget is sized at the largest load
     row_bytes = 64
     budget = budget_runs * max(counts) * row_bytes
     with mock.patch.object(padded, "CPU_BLOCK_BYTES", budget), mock.patch("torch.get_num_threads", return_value=threads):
         assert padded.experts_per_block(counts, row_bytes, torch.device("cpu")) == expected
-        assert padded.experts_per_block(counts, 0, torch.device("cpu")) == len(counts)  # no blocking asked for
-    assert padded.padded_rows([5, 10, 5, 10, 5, 10], 2) == 60 and padded.padded_rows([5, 10, 5], 2) == 25  # a short last run
+        assert padded.experts_per_block(counts, 0, torch.device("cpu")) == num_experts  # no blocking asked for
 
 
 def test_block_budget_is_derived_from_the_machine_unless_set() -> None:

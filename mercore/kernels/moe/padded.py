@@ -15,21 +15,13 @@ from .combine import Combine
 from .cpu_tuning import cpu_tuning
 from .routing import MoERouting
 
-__all__ = [
-    "BLOCK_PAD_TOLERANCE", "CPU_BLOCK_BYTES", "PaddedGroups", "PaddedLayout", "Spans", "block_budget_bytes",
-    "block_spans", "experts_per_block", "padded_rows",
-]
+__all__ = ["CPU_BLOCK_BYTES", "PaddedGroups", "PaddedLayout", "Spans", "block_budget_bytes", "block_spans",
+           "experts_per_block"]
 
 # CPU cache blocking: the padded layout holds its experts in runs whose (rows, h) intermediates take at most
 # this many bytes, and the kernel walks the runs (DESIGN.md, "CPU cache blocking"). None: derived from this
 # machine's caches and thread count (cpu_tuning.block_bytes_for); an int overrides it (tests, experiments).
 CPU_BLOCK_BYTES: int | None = None
-
-# Among the run lengths the cache allows, the kernel takes the longest (fewest blocks: fewer ops, and with one
-# block the forward keeps act(pre) for the backward) whose padded rows stay within this fraction of the fewest
-# padded rows any allowed run length gives (DESIGN.md, "CPU cache blocking").
-BLOCK_PAD_TOLERANCE = 0.02
-
 
 class PaddedGroups:
     """Batched per-expert ops over ``e`` experts' padded ``(e * c, .)`` rows: every matmul is one ``torch.bmm``."""
@@ -70,36 +62,29 @@ def block_budget_bytes() -> int:
     return CPU_BLOCK_BYTES if CPU_BLOCK_BYTES is not None else cpu_tuning().block_bytes
 
 
-def padded_rows(counts: list[int], run: int) -> int:
-    """Rows of the padded layout when the experts are cut into runs of ``run`` (each padded to its largest load,
-    at least 1)."""
-    return sum((min(e0 + run, len(counts)) - e0) * max(max(counts[e0:e0 + run]), 1)
-               for e0 in range(0, len(counts), run))
-
-
 def experts_per_block(counts: list[int], row_bytes: int, device: torch.device) -> int:
     """How many consecutive experts one block of the padded layout holds.
 
     The cache allows runs whose ``(rows, h)`` buffer fits :func:`block_budget_bytes` at the largest load. A CPU
     bmm splits its batch over the threads (a run of 3 experts on 2 threads leaves one thread idle a third of
-    the time: measured 30% slower), so allowed runs are multiples of the thread count (or 1 when not even
-    that fits), or all experts at once. Among them, the longest whose padded rows are within
-    :data:`BLOCK_PAD_TOLERANCE` of the least padding (shorter runs pad less: each block pads only to its own
-    largest load; longer runs mean fewer blocks)."""
+    the time: measured 30% slower), so a run is a multiple of the thread count (or 1 when not even that fits),
+    unless all experts fit at once. The experts are cut into as few blocks as the cache allows, of even size
+    (16 experts with room for 14: two blocks of 8, not 14 and 2). Shorter runs would pad less (each block pads
+    only to its own largest load) but cost more ops; measured, they did not pay (DESIGN.md)."""
     num_experts = len(counts)
     if device.type != "cpu" or row_bytes <= 0 or num_experts <= 1:
         return max(num_experts, 1)
     capacity = max(max(counts), 1)
     limit = max(1, block_budget_bytes() // (capacity * row_bytes))
     if limit >= num_experts:
-        limit = num_experts
+        return num_experts
     threads = torch.get_num_threads()
-    runs = [r for r in range(threads, limit + 1, threads)] or [1]
-    if limit == num_experts and runs[-1] != num_experts:
-        runs.append(num_experts)
-    rows = {r: padded_rows(counts, r) for r in runs}
-    least = min(rows.values())
-    return max(r for r in runs if rows[r] <= (1 + BLOCK_PAD_TOLERANCE) * least)
+    if limit < threads:
+        return 1
+    limit -= limit % threads
+    n_blocks = -(-num_experts // limit)
+    even = -(-num_experts // n_blocks)  # the same number of blocks, as even as the experts allow ...
+    return min(limit, -(-even // threads) * threads)  # ... rounded up to whole thread multiples
 
 
 def block_spans(routing: MoERouting, row_bytes: int = 0) -> Spans:
