@@ -16,7 +16,7 @@ from .cpu_tuning import cpu_tuning
 from .routing import MoERouting
 
 __all__ = ["CPU_BLOCK_BYTES", "PaddedGroups", "PaddedLayout", "Spans", "block_budget_bytes", "block_spans",
-           "experts_per_block"]
+           "experts_per_block", "padded_rows"]
 
 # CPU cache blocking: the padded layout holds its experts in runs whose (rows, h) intermediates take at most
 # this many bytes, and the kernel walks the runs (DESIGN.md, "CPU cache blocking"). None: derived from this
@@ -68,9 +68,10 @@ def experts_per_block(counts: list[int], row_bytes: int, device: torch.device) -
     The cache allows runs whose ``(rows, h)`` buffer fits :func:`block_budget_bytes` at the largest load. A CPU
     bmm splits its batch over the threads (a run of 3 experts on 2 threads leaves one thread idle a third of
     the time: measured 30% slower), so a run is a multiple of the thread count (or 1 when not even that fits),
-    unless all experts fit at once. The experts are cut into as few blocks as the cache allows, of even size
-    (16 experts with room for 14: two blocks of 8, not 14 and 2). Shorter runs would pad less (each block pads
-    only to its own largest load) but cost more ops; measured, they did not pay (DESIGN.md)."""
+    unless all experts fit at once. The experts are cut into as few blocks as the cache allows; among the run
+    lengths that give that many blocks, the one with the fewest padded rows (each block pads to its own largest
+    load), the shorter on a tie (16 experts with room for 14 on 2 threads: runs of 8, 10, 12 or 14 all make two
+    blocks). More, shorter blocks would pad less but cost more ops; measured, they did not pay (DESIGN.md)."""
     num_experts = len(counts)
     if device.type != "cpu" or row_bytes <= 0 or num_experts <= 1:
         return max(num_experts, 1)
@@ -83,8 +84,14 @@ def experts_per_block(counts: list[int], row_bytes: int, device: torch.device) -
         return 1
     limit -= limit % threads
     n_blocks = -(-num_experts // limit)
-    even = -(-num_experts // n_blocks)  # the same number of blocks, as even as the experts allow ...
-    return min(limit, -(-even // threads) * threads)  # ... rounded up to whole thread multiples
+    same_count = [r for r in range(threads, limit + 1, threads) if -(-num_experts // r) == n_blocks]
+    return min(same_count, key=lambda r: (padded_rows(counts, r), r))
+
+
+def padded_rows(counts: list[int], run: int) -> int:
+    """Rows of the padded layout with the experts cut into runs of ``run``, each padded to its largest load."""
+    return sum((min(e0 + run, len(counts)) - e0) * max(max(counts[e0:e0 + run]), 1)
+               for e0 in range(0, len(counts), run))
 
 
 def block_spans(routing: MoERouting, row_bytes: int = 0) -> Spans:
