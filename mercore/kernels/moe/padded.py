@@ -134,7 +134,7 @@ class PaddedLayout:
         # Token of every row (padding rows: token 0, zeroed right after every gather).
         self.row_token = torch.zeros(self.num_rows, dtype=torch.long, device=dev)
         self.row_token.index_copy_(0, self.slot, routing.token)
-        self.pad_rows = self._padding_rows(base_t, counts_t, n_pad)
+        self.pad_rows = self._padding_rows(base, counts, n_pad)
         self.blocks = self._blocks(spans, n_pad)
         zero_row = next((base[e] + c for e, c in enumerate(counts) if n_pad[e]), None)  # any padding row
         self.combiner = Combine(
@@ -143,17 +143,15 @@ class PaddedLayout:
             zero_row=zero_row,
         )
 
-    def _padding_rows(self, base_t: Tensor, counts_t: Tensor, n_pad: list[int]) -> Tensor | None:
-        """Padding rows, ascending: expert e's rows ``base[e] + count_e .. base[e] + C_b - 1``; None if none."""
-        total_pad = self.num_rows - self.routing.num_assignments
-        if not total_pad:
+    def _padding_rows(self, base: list[int], counts: list[int], n_pad: list[int]) -> Tensor | None:
+        """Padding rows, ascending: expert e's rows ``base[e] + count_e .. base[e] + C_b - 1``; None if none.
+        Built on the host from the host counts: one small copy, no parallel op (a ``repeat_interleave`` here cost
+        a fork/join per call, which a busy 2-core machine stretches to tens of ms)."""
+        if self.num_rows == self.routing.num_assignments:
             return None
-        dev = base_t.device
-        n_pad_t = torch.tensor(n_pad, device=dev)
-        pad_e = torch.repeat_interleave(torch.arange(len(n_pad), device=dev), n_pad_t, output_size=total_pad)
-        first = (n_pad_t.cumsum(0) - n_pad_t).index_select(0, pad_e)
-        end_t = base_t + counts_t
-        return end_t.index_select(0, pad_e) + torch.arange(total_pad, device=dev) - first
+        rows = list(itertools.chain.from_iterable(
+            range(b + c, b + c + p) for b, c, p in zip(base, counts, n_pad) if p))
+        return torch.tensor(rows, dtype=torch.long, device=self.routing.token.device)
 
     def _blocks(self, spans: Spans, n_pad: list[int]) -> list[Block]:
         pad_start = list(itertools.accumulate(n_pad, initial=0))  # where expert e's padding rows start
