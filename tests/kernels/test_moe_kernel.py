@@ -321,7 +321,8 @@ def test_block_run_length_from_cache_and_threads(num_experts, threads, budget_ru
     counts = [3, 10] * (num_experts // 2) + [10] * (num_experts % 2)  # the budget is sized at the largest load
     row_bytes = 64
     budget = budget_runs * max(counts) * row_bytes
-    with mock.patch.object(padded, "CPU_BLOCK_BYTES", budget), mock.patch("torch.get_num_threads", return_value=threads):
+    with mock.patch.object(padded, "CPU_BLOCK_BYTES", budget), \
+            mock.patch("torch.get_num_threads", return_value=threads):
         assert padded.experts_per_block(counts, row_bytes, torch.device("cpu")) == expected
         assert padded.experts_per_block(counts, 0, torch.device("cpu")) == num_experts  # no blocking asked for
 
@@ -330,7 +331,8 @@ def test_block_runs_of_the_same_count_pick_the_least_padding() -> None:
     """Room for 14 of 16 experts on 2 threads: runs of 8, 10, 12 or 14 all make two blocks; the loads make 12 + 4
     pad least (the light experts 12-15 share a block)."""
     counts = [60] * 12 + [20] * 4
-    with mock.patch.object(padded, "CPU_BLOCK_BYTES", 14 * 60 * 64), mock.patch("torch.get_num_threads", return_value=2):
+    with mock.patch.object(padded, "CPU_BLOCK_BYTES", 14 * 60 * 64), \
+            mock.patch("torch.get_num_threads", return_value=2):
         assert padded.experts_per_block(counts, 64, torch.device("cpu")) == 12
     assert padded.padded_rows(counts, 12) == 12 * 60 + 4 * 20 < padded.padded_rows(counts, 8) == 8 * 60 + 8 * 60
 

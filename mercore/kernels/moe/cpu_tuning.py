@@ -19,6 +19,7 @@ their share of the L3 (all of it when the OS lists no more CPUs sharing it than 
 from __future__ import annotations
 
 import functools
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,8 +83,6 @@ def read_cpu_caches(root: Path = SYSFS_CACHE_DIR, cpus: int | None = None) -> Cp
     """Read cpu0's unified/data L2 and L3 from a sysfs cache tree (``root/index*/{level,type,size,
     shared_cpu_list}``); the documented fallback (scaled to ``cpus``, default ``os.cpu_count()``) where the
     tree is missing, unreadable or has no L2."""
-    import os
-
     cpus = cpus or os.cpu_count() or 1
     sizes: dict[int, tuple[int, int]] = {}
     try:
