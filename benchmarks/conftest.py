@@ -188,6 +188,14 @@ def run_benchmark(benchmark, variant: str, pass_: str, p: Problem, device: str, 
 # ------------------------------------------------------------------------------------------------- pytest hooks
 
 
+def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict) -> None:
+    """Name the machine in the JSON (``machine_info["mercore"]``): CPU model, ISA, threads, torch's BLAS/oneDNN
+    (``machine_info.py``), so a stored result says which CPU it was measured on."""
+    from machine_info import machine_info as describe
+
+    machine_info["mercore"] = describe()
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "moe_cuda: MoE benchmark on CUDA in bfloat16 (h = 1024 problems only)")
 

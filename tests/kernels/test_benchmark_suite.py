@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -24,7 +25,11 @@ def test_benchmarks_json_has_every_key_and_report_prints_ratios(tmp_path: Path) 
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    benches = json.loads(out.read_text())["benchmarks"]
+    data = json.loads(out.read_text())
+    named = data["machine_info"]["mercore"]  # the machine the results were measured on
+    assert {"cpu_model", "cpu_count", "isa", "torch_threads", "torch_version", "blas"} <= named.keys(), named
+    assert named["cpu_model"] and named["isa"] and named["torch_threads"] >= 1
+    benches = data["benchmarks"]
     seen = set()
     for b in benches:
         info = b["extra_info"]
@@ -62,6 +67,38 @@ def test_interleaved_retiming_prints_one_row_per_cell() -> None:
     for r in rows:
         assert all(float(v) >= 0 for v in r[5:8]) and all(float(v) > 0 for v in r[8:10])  # ms, then ratios
     assert "fused slower than naive in" in proc.stdout
+    assert proc.stdout.startswith("machine: ") and "ISA " in proc.stdout and "mercore: " in proc.stdout
     bad = subprocess.run([sys.executable, "benchmarks/interleaved.py", "bwd:37,64,4,1"], cwd=ROOT,
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "PASS must be fwd or fwdbwd" in bad.stderr
+
+
+def test_interleaved_names_issue13_cells_and_per_cell_rounds() -> None:
+    """`--cells issue13` is issue 13's seven rows in order (the target cell twice, the second at 25 rounds)."""
+    listed = subprocess.run([sys.executable, "benchmarks/interleaved.py", "--cells", "issue13", "--list"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=60)
+    assert listed.returncode == 0, listed.stderr[-2000:]
+    assert listed.stdout.split() == [
+        "fwdbwd:2048,1024,16,2", "fwdbwd:2048,1024,16,2@25", "fwd:2048,1024,16,2", "fwdbwd:512,1024,16,2",
+        "fwdbwd:2048,512,8,1", "fwdbwd:8192,1024,8,2", "fwd:8192,1024,8,2"]
+    bad = subprocess.run([sys.executable, "benchmarks/interleaved.py", "fwd:37,64,4,x"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "expected PASS:N,h,E,k or PASS:N,h,E,k@ROUNDS with integers" in bad.stderr
+
+
+def test_machine_info_names_cpu_isa_threads_and_blas(tmp_path: Path) -> None:
+    spec = importlib.util.spec_from_file_location("machine_info", ROOT / "benchmarks" / "machine_info.py")
+    machine_info = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(machine_info)
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz\nflags\t: avx\n")
+    assert machine_info.cpu_model(cpuinfo) == "Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz"
+    config = ("PyTorch built with:\n  - GCC 11.2\n  - Intel(R) oneAPI Math Kernel Library Version 2024.2\n"
+              "  - Intel(R) MKL-DNN v3.12.0\n  - CPU capability usage: AVX512\n"
+              "  - Build settings: BLAS_INFO=mkl, CXX_COMPILER=/opt/c++, USE_MKLDNN=ON, USE_CUDA=OFF\n")
+    assert machine_info.blas_lines(config) == [
+        "Intel(R) oneAPI Math Kernel Library Version 2024.2", "Intel(R) MKL-DNN v3.12.0",
+        "CPU capability usage: AVX512", "Build settings: BLAS_INFO=mkl, USE_MKLDNN=ON"]
+    info = machine_info.machine_info()
+    header = machine_info.machine_header(info)
+    assert header.startswith(f"machine: {info['cpu_model']}") and f"ISA {info['isa']}" in header

@@ -304,6 +304,48 @@ def test_cache_blocks_have_their_own_capacity(per_block: int) -> None:
     assert_match(got, run(naive_moe, p))
 
 
+@pytest.mark.parametrize(
+    "num_experts,threads,budget_runs,expected",
+    [
+        (8, 2, 8, 8),  # everything fits: one block
+        (6, 4, 6, 6),  # all experts fit although 6 is not a multiple of 4 threads: one block
+        (16, 2, 14, 8),  # room for 14: two blocks; runs of 8 pad least (loads alternate 3, 10)
+        (16, 2, 4, 4),  # room for 4: four blocks of 4
+        (8, 2, 3, 2),  # runs are multiples of the thread count: room for 3 on 2 threads gives 2
+        (7, 2, 6, 4),  # 7 experts, room for 6 on 2 threads: two blocks, the first 4 (7/2 rounded up to 2s)
+        (8, 4, 3, 1),  # room for less than the thread count: one expert per block
+        (5, 1, 2, 2),  # one thread: runs of 2, 2, 1
+    ],
+)
+def test_block_run_length_from_cache_and_threads(num_experts, threads, budget_runs, expected) -> None:
+    counts = [3, 10] * (num_experts // 2) + [10] * (num_experts % 2)  # the budget is sized at the largest load
+    row_bytes = 64
+    budget = budget_runs * max(counts) * row_bytes
+    with mock.patch.object(padded, "CPU_BLOCK_BYTES", budget), \
+            mock.patch("torch.get_num_threads", return_value=threads):
+        assert padded.experts_per_block(counts, row_bytes, torch.device("cpu")) == expected
+        assert padded.experts_per_block(counts, 0, torch.device("cpu")) == num_experts  # no blocking asked for
+
+
+def test_block_runs_of_the_same_count_pick_the_least_padding() -> None:
+    """Room for 14 of 16 experts on 2 threads: runs of 8, 10, 12 or 14 all make two blocks; the loads make 12 + 4
+    pad least (the light experts 12-15 share a block)."""
+    counts = [60] * 12 + [20] * 4
+    with mock.patch.object(padded, "CPU_BLOCK_BYTES", 14 * 60 * 64), \
+            mock.patch("torch.get_num_threads", return_value=2):
+        assert padded.experts_per_block(counts, 64, torch.device("cpu")) == 12
+    assert padded.padded_rows(counts, 12) == 12 * 60 + 4 * 20 < padded.padded_rows(counts, 8) == 8 * 60 + 8 * 60
+
+
+def test_block_budget_is_derived_from_the_machine_unless_set() -> None:
+    from mercore.kernels.moe.cpu_tuning import cpu_tuning
+
+    with mock.patch.object(padded, "CPU_BLOCK_BYTES", None):
+        assert padded.block_budget_bytes() == cpu_tuning().block_bytes > 0
+    with mock.patch.object(padded, "CPU_BLOCK_BYTES", 12345):
+        assert padded.block_budget_bytes() == 12345
+
+
 def test_input_validation() -> None:
     p = make_problem(4, 8, 12, 3, 2)
     with pytest.raises(ValueError, match="activation"):

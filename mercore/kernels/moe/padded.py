@@ -12,14 +12,16 @@ from torch import Tensor
 from .activations import acc_dtype
 from .block import Block
 from .combine import Combine
+from .cpu_tuning import cpu_tuning
 from .routing import MoERouting
 
-__all__ = ["CPU_BLOCK_BYTES", "PaddedGroups", "PaddedLayout", "Spans", "block_spans", "experts_per_block"]
+__all__ = ["CPU_BLOCK_BYTES", "PaddedGroups", "PaddedLayout", "Spans", "block_budget_bytes", "block_spans",
+           "experts_per_block", "padded_rows"]
 
 # CPU cache blocking: the padded layout holds its experts in runs whose (rows, h) intermediates take at most
-# this many bytes, and the kernel walks the runs (measurements: DESIGN.md, "CPU cache blocking").
-CPU_BLOCK_BYTES = 4 << 20
-
+# this many bytes, and the kernel walks the runs (DESIGN.md, "CPU cache blocking"). None: derived from this
+# machine's caches and thread count (cpu_tuning.block_bytes_for); an int overrides it (tests, experiments).
+CPU_BLOCK_BYTES: int | None = None
 
 class PaddedGroups:
     """Batched per-expert ops over ``e`` experts' padded ``(e * c, .)`` rows: every matmul is one ``torch.bmm``."""
@@ -55,24 +57,48 @@ class Spans:
     num_rows: int
 
 
-def experts_per_block(num_experts: int, capacity: int, row_bytes: int, device: torch.device) -> int:
-    """How many consecutive experts one block of the padded layout holds (see :data:`CPU_BLOCK_BYTES`)."""
-    if device.type != "cpu" or row_bytes <= 0:
+def block_budget_bytes() -> int:
+    """Bytes one block's ``(rows, h)`` buffer may take: :data:`CPU_BLOCK_BYTES` if set, else derived."""
+    return CPU_BLOCK_BYTES if CPU_BLOCK_BYTES is not None else cpu_tuning().block_bytes
+
+
+def experts_per_block(counts: list[int], row_bytes: int, device: torch.device) -> int:
+    """How many consecutive experts one block of the padded layout holds.
+
+    The cache allows runs whose ``(rows, h)`` buffer fits :func:`block_budget_bytes` at the largest load. A CPU
+    bmm splits its batch over the threads (a run of 3 experts on 2 threads leaves one thread idle a third of
+    the time: measured 30% slower), so a run is a multiple of the thread count (or 1 when not even that fits),
+    unless all experts fit at once. The experts are cut into as few blocks as the cache allows; among the run
+    lengths that give that many blocks, the one with the fewest padded rows (each block pads to its own largest
+    load), the shorter on a tie (16 experts with room for 14 on 2 threads: runs of 8, 10, 12 or 14 all make two
+    blocks). More, shorter blocks would pad less but cost more ops; measured, they did not pay (DESIGN.md)."""
+    num_experts = len(counts)
+    if device.type != "cpu" or row_bytes <= 0 or num_experts <= 1:
         return max(num_experts, 1)
-    per_block = max(1, CPU_BLOCK_BYTES // (capacity * row_bytes))
-    if per_block >= num_experts:
-        return max(num_experts, 1)
-    # A CPU bmm splits its batch over the threads: a run of 3 experts on 2 threads leaves one thread idle for a
-    # third of the time (measured 30% slower), so runs are a multiple of the thread count, or 1.
+    capacity = max(max(counts), 1)
+    limit = max(1, block_budget_bytes() // (capacity * row_bytes))
+    if limit >= num_experts:
+        return num_experts
     threads = torch.get_num_threads()
-    return max(1, per_block - per_block % threads)
+    if limit < threads:
+        return 1
+    limit -= limit % threads
+    n_blocks = -(-num_experts // limit)
+    same_count = [r for r in range(threads, limit + 1, threads) if -(-num_experts // r) == n_blocks]
+    return min(same_count, key=lambda r: (padded_rows(counts, r), r))
+
+
+def padded_rows(counts: list[int], run: int) -> int:
+    """Rows of the padded layout with the experts cut into runs of ``run``, each padded to its largest load."""
+    return sum((min(e0 + run, len(counts)) - e0) * max(max(counts[e0:e0 + run]), 1)
+               for e0 in range(0, len(counts), run))
 
 
 def block_spans(routing: MoERouting, row_bytes: int = 0) -> Spans:
     """Cut the experts into blocks of :func:`experts_per_block` consecutive experts (``row_bytes = 0``: one
     block); a block's capacity is the largest load among its experts (at least 1)."""
     counts = routing.counts
-    per_block = experts_per_block(len(counts), routing.capacity, row_bytes, routing.token.device)
+    per_block = experts_per_block(counts, row_bytes, routing.token.device)
     blocks, start = [], 0
     for e0 in range(0, len(counts), per_block):
         e1 = min(e0 + per_block, len(counts))
@@ -108,7 +134,7 @@ class PaddedLayout:
         # Token of every row (padding rows: token 0, zeroed right after every gather).
         self.row_token = torch.zeros(self.num_rows, dtype=torch.long, device=dev)
         self.row_token.index_copy_(0, self.slot, routing.token)
-        self.pad_rows = self._padding_rows(base_t, counts_t, n_pad)
+        self.pad_rows = self._padding_rows(base, counts, n_pad)
         self.blocks = self._blocks(spans, n_pad)
         zero_row = next((base[e] + c for e, c in enumerate(counts) if n_pad[e]), None)  # any padding row
         self.combiner = Combine(
@@ -117,17 +143,15 @@ class PaddedLayout:
             zero_row=zero_row,
         )
 
-    def _padding_rows(self, base_t: Tensor, counts_t: Tensor, n_pad: list[int]) -> Tensor | None:
-        """Padding rows, ascending: expert e's rows ``base[e] + count_e .. base[e] + C_b - 1``; None if none."""
-        total_pad = self.num_rows - self.routing.num_assignments
-        if not total_pad:
+    def _padding_rows(self, base: list[int], counts: list[int], n_pad: list[int]) -> Tensor | None:
+        """Padding rows, ascending: expert e's rows ``base[e] + count_e .. base[e] + C_b - 1``; None if none.
+        Built on the host from the host counts: one small copy, no parallel op (a ``repeat_interleave`` here cost
+        a fork/join per call, which a busy 2-core machine stretches to tens of ms)."""
+        if self.num_rows == self.routing.num_assignments:
             return None
-        dev = base_t.device
-        n_pad_t = torch.tensor(n_pad, device=dev)
-        pad_e = torch.repeat_interleave(torch.arange(len(n_pad), device=dev), n_pad_t, output_size=total_pad)
-        first = (n_pad_t.cumsum(0) - n_pad_t).index_select(0, pad_e)
-        end_t = base_t + counts_t
-        return end_t.index_select(0, pad_e) + torch.arange(total_pad, device=dev) - first
+        rows = list(itertools.chain.from_iterable(
+            range(b + c, b + c + p) for b, c, p in zip(base, counts, n_pad) if p))
+        return torch.tensor(rows, dtype=torch.long, device=self.routing.token.device)
 
     def _blocks(self, spans: Spans, n_pad: list[int]) -> list[Block]:
         pad_start = list(itertools.accumulate(n_pad, initial=0))  # where expert e's padding rows start
