@@ -115,6 +115,7 @@ def forward_batch(c: Components, batch: DialogueBatch, model: torch.nn.Module | 
     teacher_out = c.distiller.teacher_output(batch) if c.distiller is not None else None
     out = (model or c.model)(batch, teacher=teacher_out)
     terms = {"task": c.loss_fn(out.logits, batch.labels)}
+    terms.update({name: w * c.loss_fn(logits, batch.labels) for name, (w, logits) in out.task_loss_logits.items()})
     terms.update(out.aux_losses)
     if c.distiller is not None:
         terms.update(c.distiller(out, teacher_out, batch))
