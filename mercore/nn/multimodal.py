@@ -84,7 +84,8 @@ class MultimodalModel(nn.Module):
         self_distill_temperature: float = option(1.0, help="temperature T of the self-distillation KL")
         anchor: str | None = option(None, help="the anchor modality (null: the fusion's anchor, else text, else "
                                                  "the first modality)")
-        guide_at_eval: bool = option(False, help="use a teacher's attention guidance in evaluation too")
+        guide_at_eval: bool = option(False, help="use a teacher's attention guidance in evaluation too (as the "
+                                                 "paper's description of HCMF implies; choose on dev)")
 
         def __attrs_post_init__(self) -> None:
             problems = []
