@@ -284,8 +284,11 @@ class Trainer:
                                f"({exc.filename or self.run_dir}); the last complete "
                                "checkpoint is intact: fix the cause, then continue with resume=true") from None
         finally:
-            if lock is not None:
-                lock.release()
+            try:
+                metrics_log.close_loggers(self.loggers)  # also when the run stops by an error or a signal
+            finally:
+                if lock is not None:
+                    lock.release()
 
     def _run_locked(self) -> dict:
         t_start = time.perf_counter()
@@ -293,18 +296,15 @@ class Trainer:
         state = self._resume(setup) if self.recipe.resume else LoopState()
         if self.is_main:  # a resumed run's loggers forget the epochs it redoes (jsonl: a truncated last line too)
             self.loggers = metrics_log.open_loggers(self.recipe.logger, self.run_dir, state.epoch, log=self.log)
-        try:
-            with self._stop_requests():
-                while state.epoch < self.cfg.epochs:
-                    t_epoch = time.perf_counter()
-                    self._train_epoch(setup, state)
-                    if self._end_epoch(setup, state, t_epoch):
-                        break
-                    if dist.any_rank(self._stop_requested) and state.epoch < self.cfg.epochs:  # just saved: stop now
-                        self._raise_interrupted(f"the end of epoch {state.epoch}")
-            return self._finish(setup, state, time.perf_counter() - t_start)
-        finally:
-            metrics_log.close_loggers(self.loggers)
+        with self._stop_requests():
+            while state.epoch < self.cfg.epochs:
+                t_epoch = time.perf_counter()
+                self._train_epoch(setup, state)
+                if self._end_epoch(setup, state, t_epoch):
+                    break
+                if dist.any_rank(self._stop_requested) and state.epoch < self.cfg.epochs:  # just saved: stop now
+                    self._raise_interrupted(f"the end of epoch {state.epoch}")
+        return self._finish(setup, state, time.perf_counter() - t_start)
 
     # -- set-up ----------------------------------------------------------------------------------------------
     def _set_up(self) -> TrainingSetup:
