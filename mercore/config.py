@@ -33,7 +33,8 @@ def component(kind: str, default: dict | None = None, *, required: bool = False,
     """A field holding a sub-component of ``kind``; validated into a :class:`~mercore.registry.Node`.
 
     ``default`` is the recipe node used when the key is absent (``None`` makes the sub-component optional);
-    ``required=True`` makes the key mandatory. Annotate the field as ``Node`` or ``Node | None``.
+    ``required=True`` makes the key mandatory. Annotate the field as ``Node``, ``Node | None``, or
+    ``Node | list[Node]`` for a field that also takes a non-empty list of nodes (``logger``).
     """
     meta = {_META_KIND: kind, _META_HELP: help}
     if required:
@@ -129,7 +130,11 @@ class _Validator:
             else:
                 value = f.default.factory() if isinstance(f.default, attrs.Factory) else f.default  # type: ignore[union-attr]
             kind = field_kind(f)
-            if kind is not None:
+            if kind is not None and isinstance(value, list) and _allows_list(hints.get(name)):
+                if not value:
+                    self.problem(sub, f"an empty list: give at least one {kind} component")
+                kwargs[name] = [self.node(kind, v, f"{sub}[{i}]") for i, v in enumerate(value)]
+            elif kind is not None:
                 kwargs[name] = None if value is None else self.node(kind, value, sub)
                 if value is None and not _allows_none(hints.get(name)):
                     self.problem(sub, f"a {kind} component is required here")
@@ -257,6 +262,12 @@ class _Validator:
             self.problem(path, "sub-component fields must be declared with mercore.config.component(kind)")
             return None
         return value
+
+
+def _allows_list(tp: Any) -> bool:
+    """Whether a component field's annotation takes a list of nodes (``Node | list[Node]``)."""
+    return typing.get_origin(tp) in (Union, types.UnionType) and any(
+        typing.get_origin(a) is list for a in typing.get_args(tp))
 
 
 def _allows_none(tp: Any) -> bool:

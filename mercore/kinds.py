@@ -133,6 +133,13 @@ KIND_CONTRACTS: dict[str, KindContract] = {c.kind: c for c in (
               ("total_steps", "int", "optimizer steps of the whole run")),
         returns="torch.optim.lr_scheduler.LRScheduler", protocol=None, built_by="the trainer (stepped once per step)"),
     KindContract(
+        "logger",
+        _args(("run_dir", "pathlib.Path", "the run directory (it exists)"),
+              ("log", "Callable[[str], None]", "the trainer's message printer (for notes to the user)")),
+        returns="nothing (log_epoch(record) stores one record per epoch)", protocol="mercore.nn.logger.Logger",
+        capabilities=("mercore.nn.logger.RecordReader",),
+        built_by="the trainer, on rank 0 (from the recipe's `logger`: one node or a list)"),
+    KindContract(
         "extractor", (), returns="list[torch.Tensor] (from .extract(conversations)), one (T, D) per conversation",
         protocol="mercore.nn.extractor.Extractor", capabilities=("mercore.nn.extractor.FittableExtractor",),
         built_by="`mercore extract` and `mercore predict`"),

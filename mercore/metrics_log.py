@@ -1,4 +1,5 @@
-"""``metrics.jsonl``: one JSON line per finished epoch, appended safely and read back tolerantly.
+"""``metrics.jsonl``: one JSON line per finished epoch, appended safely and read back tolerantly; and the run's
+``logger`` components (:func:`open_loggers`), of which ``jsonl`` (the default) writes that file.
 
 A line is appended with one write and fsync; if the write fails (disk full) the file is cut back to its
 previous length, so no half line stays. A kill in the middle of a write can still leave a truncated last
@@ -11,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from mercore import checkpoint as ckpt
 from mercore.errors import CheckpointError
@@ -90,3 +91,42 @@ def keep_records_through(path: Path, epoch: int, log: Callable[[str], None] = pr
         return
     keep = [line for line, r in _parse(path, log) if r["epoch"] <= epoch]
     ckpt.atomic_write_text(path, "".join(line + "\n" for line in keep))
+
+
+# -- the run's loggers (kind ``logger``, the contract :class:`mercore.nn.Logger`) ------------------------------
+
+def open_loggers(node: Any, run_dir: Path, epoch: int, log: Callable[[str], None] = print) -> list:
+    """Build the recipe's ``logger`` node (or list of nodes) for ``run_dir`` and start each at ``epoch``
+    (the epochs already finished: their records are kept, later ones dropped)."""
+    loggers = [n.build(run_dir=Path(run_dir), log=log) for n in (node if isinstance(node, list) else [node])]
+    for logger in loggers:
+        logger.start(epoch)
+    return loggers
+
+
+def log_epoch(loggers: list, record: dict) -> None:
+    """Give one epoch's record to every logger, in the recipe's order."""
+    for logger in loggers:
+        logger.log_epoch(record)
+
+
+def read_history(loggers: list) -> list[dict] | None:
+    """The records of the first logger that gives them back (:class:`mercore.nn.RecordReader`); None if none does."""
+    from mercore.nn.logger import RecordReader
+
+    for logger in loggers:
+        if isinstance(logger, RecordReader):
+            return logger.read_records()
+    return None
+
+
+def close_loggers(loggers: list) -> None:
+    """Close every logger, even when one of them fails (the first failure is raised after all are closed)."""
+    error: BaseException | None = None
+    for logger in loggers:
+        try:
+            logger.close()
+        except Exception as exc:  # noqa: BLE001 - close the others first
+            error = error or exc
+    if error is not None:
+        raise error

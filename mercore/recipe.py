@@ -78,6 +78,9 @@ class Recipe:
     distiller: Node | None = component("distiller", None, help="a distiller (e.g. IKD from a teacher run)")
     optimizer: Node = component("optimizer", {"type": "adamw"})
     scheduler: Node | None = component("scheduler", {"type": "constant"})
+    logger: Node | list[Node] = component("logger", {"type": "jsonl"},
+                                          help="where the per-epoch metrics go: one logger or a list (jsonl: "
+                                               "metrics.jsonl; tensorboard: mercore[tensorboard])")
     trainer: TrainerConfig = option(factory=TrainerConfig)
     seed: int = option(0, help="seed of every random number generator")
     output_dir: str = option("runs/default", help="run directory (recipe.yaml, metrics, checkpoints); a recipe file "

@@ -16,9 +16,11 @@ Each stage is a normal run directory, in one of three states:
 * ``new``: trained from the start.
 
 **The inheritance rule.** A stage's recipe gets, in this order: the declaring run's values of
-:data:`INHERITED_KEYS` (``seed``; the data's location ``data.root`` or ``data.path``, each when the declaring
-run's data set it and the stage's dataset has that option; ``trainer.device``, ``trainer.precision``,
-``trainer.threads``, ``trainer.progress``: an IKD teacher trains on the run's device at its precision) except the keys that the stage's own
+:data:`INHERITED_KEYS` (``seed``; the data's files: ``data.root`` or ``data.path``, and for the feature
+pickles ``data.layout``, ``data.text_file`` and ``data.text_layout``, so that a teacher stage reads the very
+files its student reads; each when the declaring run's data set it and the stage's dataset has that option;
+``trainer.device``, ``trainer.precision``, ``trainer.threads``, ``trainer.progress``: an IKD teacher trains on
+the run's device at its precision) except the keys that the stage's own
 ``overrides`` set; then the stage's ``overrides``; then ``output_dir`` (always the stage's); then
 ``resume=true`` for an interrupted stage. Everything else, epochs included, is the stage recipe's own.
 Stages run in declaration order before the declaring run, each after its own stages (a stage may declare
@@ -44,8 +46,8 @@ from mercore.config import option
 from mercore.errors import ConfigError
 
 #: The declaring run's keys that a stage inherits unless its ``overrides`` set them (see the module docstring).
-INHERITED_KEYS = ("seed", "data.root", "data.path", "trainer.device", "trainer.precision", "trainer.threads",
-                  "trainer.progress")
+INHERITED_KEYS = ("seed", "data.root", "data.path", "data.layout", "data.text_file", "data.text_layout",
+                  "trainer.device", "trainer.precision", "trainer.threads", "trainer.progress")
 
 StageState = Literal["finished", "resume", "new"]
 
@@ -57,7 +59,8 @@ class StageConfig:
     recipe: str = option(help="the stage's recipe file; a relative path is relative to the declaring recipe's folder")
     output_dir: str = option(help="the stage's run directory (a relative path is relative to the working directory)")
     overrides: list[str] = option(factory=list, help="overrides of the stage's recipe, applied after the inherited "
-                                                     "keys (seed, data.root/path, trainer.device/precision/threads/progress)")
+                                                     "keys (seed, data.root/path/layout/text_file/text_layout, "
+                                                     "trainer.device/precision/threads/progress)")
 
 
 @attrs.define

@@ -7,6 +7,7 @@ every checkpoint. A resumed CPU run therefore ends with the same weights as an u
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -145,6 +146,7 @@ def forward_batch(c: Components, batch: DialogueBatch, model: torch.nn.Module | 
     teacher_out = c.distiller.teacher_output(batch) if c.distiller is not None else None
     out = (model or c.model)(batch, teacher=teacher_out)
     terms = {"task": c.loss_fn(out.logits, batch.labels)}
+    terms.update({name: w * c.loss_fn(logits, batch.labels) for name, (w, logits) in out.task_loss_logits.items()})
     terms.update(out.aux_losses)
     if c.distiller is not None:
         terms.update(c.distiller(out, teacher_out, batch))
@@ -211,6 +213,24 @@ def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
             out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
         return out
     return {prefix: data}
+
+
+def _with_todays_defaults(saved: dict) -> dict:
+    """A saved recipe.yaml as today's code resolves it: options added since it was written (a new model or
+    loss option, the ``logger`` node) take their defaults, so they do not count as a change on resume.
+    A recipe that no longer validates is compared as written (the differing keys are then named)."""
+    from mercore.config import validate_config
+    from mercore.plugins import get_registry
+
+    if not isinstance(saved, dict):
+        return saved
+    recipe, problems = validate_config(Recipe, copy.deepcopy(saved), get_registry())
+    if problems or recipe is None:
+        return saved
+    data = config_to_dict(recipe)
+    data.pop("resume", None)
+    data["trainer"].pop("resume_from", None)
+    return data
 
 
 def _check_resume_recipe(saved: dict, current: dict) -> None:
@@ -315,7 +335,7 @@ class Trainer:
         self.cfg = self.recipe.trainer
         self.run_dir = Path(self.recipe.output_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
-        self.metrics_path = self.run_dir / "metrics.jsonl"
+        self.loggers: list = []  # the recipe's loggers (rank 0 only), opened once the run's state is known
         self.rank, self.world = dist.rank(), dist.world_size()
         self.is_main = self.rank == 0
         self._log = log
@@ -342,16 +362,18 @@ class Trainer:
                                f"({exc.filename or self.run_dir}); the last complete "
                                "checkpoint is intact: fix the cause, then continue with resume=true") from None
         finally:
-            if lock is not None:
-                lock.release()
+            try:
+                metrics_log.close_loggers(self.loggers)  # also when the run stops by an error or a signal
+            finally:
+                if lock is not None:
+                    lock.release()
 
     def _run_locked(self) -> dict:
         t_start = time.perf_counter()
         setup = self._set_up()
         state = self._resume(setup) if self.recipe.resume else LoopState()
-        if self.is_main:
-            # drop the lines of epochs the resumed run redoes (a truncated last line too)
-            metrics_log.keep_records_through(self.metrics_path, state.epoch, log=self.log)
+        if self.is_main:  # a resumed run's loggers forget the epochs it redoes (jsonl: a truncated last line too)
+            self.loggers = metrics_log.open_loggers(self.recipe.logger, self.run_dir, state.epoch, log=self.log)
         with self._stop_requests():
             while state.epoch < self.cfg.epochs:
                 t_epoch = time.perf_counter()
@@ -409,7 +431,7 @@ class Trainer:
             from mercore.yaml_io import parse_yaml
 
             saved, _ = parse_yaml(saved_recipe.read_text(), source=str(saved_recipe))
-            _check_resume_recipe(saved, self._recipe_to_save())
+            _check_resume_recipe(_with_todays_defaults(saved), self._recipe_to_save())
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             ckpt.atomic_write_text(saved_recipe, dump_yaml(self._recipe_to_save()))
@@ -513,7 +535,7 @@ class Trainer:
             state.epochs_without_improvement += 1
         state.start_next_epoch()
         if self.is_main:
-            metrics_log.append_record(self.metrics_path, record)  # no half line on a full disk
+            metrics_log.log_epoch(self.loggers, record)  # written before the epoch's checkpoint
         self._save(setup, state, reason="epoch")
         self.log(f"epoch {epoch + 1:3d}/{self.cfg.epochs}  loss {train_loss:.4f}  "
                  f"dev acc {dev['accuracy']:.4f} wF1 {dev['weighted_f1']:.4f}  "
@@ -616,7 +638,7 @@ class Trainer:
         load_run_weights(self.ckpt_dir / "best", c.model, c.distiller)
         dev, _ = evaluate(c, "dev", self.cfg.eval_batch_size, setup.device, setup.precision)
         test, rows = evaluate(c, "test", self.cfg.eval_batch_size, setup.device, setup.precision)
-        history = metrics_log.read_records(self.metrics_path, log=self.log)
+        history = metrics_log.read_history(self.loggers) or []  # none without a logger that reads back
         best_test = max(history, key=lambda r: r["test"][self.cfg.select_metric]) if history else None
         results = {
             "recipe": self.loaded.source,

@@ -21,6 +21,8 @@ dataset       :class:`Dataset`                 :class:`mercore.data.types.Corpus
 loss          :class:`Loss`                    scalar tensor
 extractor     :class:`Extractor`               one ``(T, D)`` tensor per :class:`Conversation`
               (:class:`FittableExtractor`)     ``fit`` on labelled train/dev conversations first (fine-tuning)
+logger        :class:`Logger`                  nothing: ``log_epoch(record)`` stores the epoch's record
+              (:class:`RecordReader`)          ``read_records``: the records back
 ============  ===============================  ================================================================
 
 Optional capabilities are declared, not probed: a component has one when it implements the capability
@@ -36,6 +38,7 @@ from mercore.nn.encoder import AttentionEncoder, Encoder
 from mercore.nn.extractor import Conversation, Extractor, FittableExtractor
 from mercore.nn.fusion import Fusion, FusionOutput, GuidableFusion, check_fusion_modalities
 from mercore.nn.gates import ModalityGate, UnimodalGate
+from mercore.nn.logger import Logger, RecordReader
 from mercore.nn.layers import FeedForward, LogitHook, MultiHeadAttention, TransformerLayer, sinusoidal_positions
 from mercore.nn.masking import masked_mean, zero_padding
 from mercore.nn.model import Head, Model, ModelOutput
@@ -58,6 +61,7 @@ __all__ = [
     "GuidableFusion",
     "Head",
     "LogitHook",
+    "Logger",
     "Loss",
     "ModalityGate",
     "Model",
@@ -65,6 +69,7 @@ __all__ = [
     "MoE",
     "MoEOutput",
     "MultiHeadAttention",
+    "RecordReader",
     "Router",
     "Routing",
     "TransformerLayer",

@@ -9,7 +9,7 @@ padded positions hold.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Callable, Literal
 
 import torch
 from einops import rearrange
@@ -69,13 +69,23 @@ class MultiHeadAttention(nn.Module):
         return self.to_out(rearrange(out, "b h i d -> b i (h d)")), attn
 
 
-class FeedForward(nn.Module):
-    """``Linear(D, mult*D) -> GELU -> Dropout -> Linear(mult*D, D)``; ``(B, T, D) -> (B, T, D)``."""
+#: Where a :class:`TransformerLayer` normalizes the inputs of its attention: ``pre`` (the query and a
+#: cross-attention's context, each by its LayerNorm), ``query`` (the query only; self-attention's keys are that
+#: normed query, a cross-attention's context is read raw) or ``none``.
+AttentionNorm = Literal["pre", "query", "none"]
 
-    def __init__(self, dim: int, mult: float = 4.0, dropout: float = 0.0):
+
+class FeedForward(nn.Module):
+    """``Linear(D, mult*D) -> GELU -> Dropout -> Linear(mult*D, D)``; ``(B, T, D) -> (B, T, D)``.
+
+    ``gelu``: ``exact`` (erf) or ``tanh`` (the tanh approximation, SDT's ``gelu``).
+    """
+
+    def __init__(self, dim: int, mult: float = 4.0, dropout: float = 0.0, *, gelu: Literal["exact", "tanh"] = "exact"):
         super().__init__()
         inner = max(1, int(round(dim * mult)))
-        self.net = nn.Sequential(nn.Linear(dim, inner), nn.GELU(), nn.Dropout(dropout), nn.Linear(inner, dim))
+        act = nn.GELU(approximate="tanh" if gelu == "tanh" else "none")
+        self.net = nn.Sequential(nn.Linear(dim, inner), act, nn.Dropout(dropout), nn.Linear(inner, dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -90,32 +100,40 @@ class TransformerLayer(nn.Module):
 
     Shapes: ``x (B, T, D)``, ``mask (B, T)`` (the keys' mask; query and context share the utterance axis in a
     dialogue), ``context (B, T, D)`` -> ``(y (B, T, D), attn (B, h, T, T))``.
+
+    The defaults are the pre-LN layer above. SDT's layer differs in three places, each an option:
+    ``attention_norm`` (:data:`AttentionNorm`; SDT: ``none`` in its first layer, ``query`` after),
+    ``norm_eps`` (SDT: 1e-6) and ``gelu`` (SDT: ``tanh``); its feed-forward is pre-normed as here.
     """
 
     def __init__(self, dim: int, heads: int, ff_mult: float = 4.0, dropout: float = 0.1, *, cross: bool = False,
-                 name: str = "layer"):
+                 name: str = "layer", attention_norm: AttentionNorm = "pre", norm_eps: float = 1e-5,
+                 gelu: Literal["exact", "tanh"] = "exact"):
         super().__init__()
+        if attention_norm not in ("pre", "query", "none"):
+            raise ValueError(f"{name}: attention_norm must be pre, query or none, got {attention_norm!r}")
         self.cross = cross
-        self.norm_q = nn.LayerNorm(dim)
-        self.norm_kv = nn.LayerNorm(dim) if cross else None
+        # No LayerNorm module where none is applied, so the state dict holds only the norms in use.
+        self.norm_q = nn.LayerNorm(dim, eps=norm_eps) if attention_norm != "none" else None
+        self.norm_kv = nn.LayerNorm(dim, eps=norm_eps) if cross and attention_norm == "pre" else None
         self.attn = MultiHeadAttention(dim, heads, dropout, name=name)
-        self.norm_ff = nn.LayerNorm(dim)
-        self.ff = FeedForward(dim, ff_mult, dropout)
+        self.norm_ff = nn.LayerNorm(dim, eps=norm_eps)
+        self.ff = FeedForward(dim, ff_mult, dropout, gelu=gelu)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor, context: torch.Tensor | None = None,
                 logit_hook: LogitHook | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        q = self.norm_q(x)
+        q = self.norm_q(x) if self.norm_q is not None else x
         if context is None:
             kv = q
         else:
-            if self.norm_kv is None:
+            if not self.cross:
                 raise ValueError("this layer was built for self-attention (cross=False) but got a context")
-            kv = self.norm_kv(context)
+            kv = self.norm_kv(context) if self.norm_kv is not None else context
         a, attn = self.attn(q, kv, mask, logit_hook)
         x = x + self.dropout(a)
         x = x + self.dropout(self.ff(self.norm_ff(x)))
         return x, attn
 
 
-__all__ = ["FeedForward", "LogitHook", "MultiHeadAttention", "TransformerLayer", "sinusoidal_positions"]
+__all__ = ["AttentionNorm", "FeedForward", "LogitHook", "MultiHeadAttention", "TransformerLayer", "sinusoidal_positions"]

@@ -30,6 +30,9 @@ class ModelOutput:
         aux_losses: named scalar losses, already weighted, that the trainer adds to the task loss
             (MoE load balancing per layer, router z-loss, self-distillation ...).
         stats: named floats for logging (router entropy, expert load ...), never differentiated.
+        task_loss_logits: name -> ``(weight, logits (B, T, C))``: further predictions that the recipe's task
+            ``loss`` scores too; the trainer adds ``weight * loss(logits, labels)`` as the term ``name`` (SDT's
+            unimodal heads under its class-weighted loss).
     """
 
     logits: torch.Tensor
@@ -38,6 +41,7 @@ class ModelOutput:
     attentions: dict[str, torch.Tensor] = attrs.Factory(dict)
     aux_losses: dict[str, torch.Tensor] = attrs.Factory(dict)
     stats: dict[str, float] = attrs.Factory(dict)
+    task_loss_logits: dict[str, tuple[float, torch.Tensor]] = attrs.Factory(dict)
 
 
 @runtime_checkable

@@ -7,6 +7,8 @@ depends only on the contracts of :mod:`mercore.nn` (``mercore_core`` registers i
 
 from __future__ import annotations
 
+from typing import Literal
+
 import attrs
 import torch
 import torch.nn.functional as F
@@ -40,11 +42,15 @@ class MultimodalModel(nn.Module):
     When ``teacher`` (a teacher's :class:`ModelOutput`) is given and the model is training (or
     ``guide_at_eval``), ``teacher.attentions["anchor"]`` guides such a fusion's attention.
 
-    SDT's self-distillation (``unimodal_heads: true``): one head per modality on the fusion's per-modality
-    features (or on ``h_m`` where the fusion has none) gives ``unimodal_logits``; the losses, in
-    ``aux_losses`` and already weighted, averaged over real utterances, are
+    SDT's self-distillation (``unimodal_heads: true``): one head per modality (``unimodal_head``, default the
+    ``head`` config; SDT: ``relu_linear``, its fused head a bare ``linear``) on the fusion's per-modality
+    features (or on ``h_m`` where the fusion has none) gives ``unimodal_logits``; the losses, averaged over
+    real utterances and already weighted, are
 
-    * ``self_distill.ce.{m}`` = ``unimodal_ce_weight`` * CE(unimodal_m, labels) (SDT's g2 term);
+    * ``self_distill.ce.{m}`` = ``unimodal_ce_weight`` * CE(unimodal_m, labels) (SDT's g2 term): with
+      ``unimodal_loss: plain_ce`` an unweighted cross-entropy in ``aux_losses``; with ``unimodal_loss: task``
+      the recipe's ``loss`` (class weights, smoothing), returned in ``task_loss_logits`` for the trainer to
+      score, as SDT applies its class-weighted loss to the fused and the three unimodal terms alike;
     * ``self_distill.kl.{m}`` = ``self_distill_weight`` * KL(softmax(fused / T) || softmax(unimodal_m / T))
       (SDT's g3 term: its ``KLDivLoss(log_softmax(unimodal/T), softmax(fused/T))``; the fused distribution is
       the target and is not detached, and there is no T^2 factor, both as in SDT's code).
@@ -68,12 +74,18 @@ class MultimodalModel(nn.Module):
                                         help="the fusion of the modalities (required with 2+ modalities)")
         head: Node = component("head", default={"type": "mlp"}, help="the classifier on the fused features")
         unimodal_heads: bool = option(False, help="one classifier per modality (SDT's self-distillation)")
+        unimodal_head: Node | None = component("head", default=None,
+                                               help="the per-modality classifier (null: the same config as head)")
         unimodal_ce_weight: float = option(0.0, help="weight g2 of each unimodal head's cross-entropy")
+        unimodal_loss: Literal["plain_ce", "task"] = option(
+            "plain_ce", help="the unimodal g2 term: plain_ce (unweighted cross-entropy) or task (the recipe's loss, "
+                             "class weights included, as SDT)")
         self_distill_weight: float = option(0.0, help="weight g3 of KL(fused at T || unimodal at T)")
         self_distill_temperature: float = option(1.0, help="temperature T of the self-distillation KL")
         anchor: str | None = option(None, help="the anchor modality (null: the fusion's anchor, else text, else "
                                                  "the first modality)")
-        guide_at_eval: bool = option(False, help="use a teacher's attention guidance in evaluation too")
+        guide_at_eval: bool = option(False, help="use a teacher's attention guidance in evaluation too (as the "
+                                                 "paper's description of HCMF implies; choose on dev)")
 
         def __attrs_post_init__(self) -> None:
             problems = []
@@ -95,6 +107,8 @@ class MultimodalModel(nn.Module):
                                 "set fusion: null")
             if (self.unimodal_ce_weight > 0 or self.self_distill_weight > 0) and not self.unimodal_heads:
                 problems.append("unimodal_ce_weight / self_distill_weight need unimodal_heads: true")
+            if self.unimodal_head is not None and not self.unimodal_heads:
+                problems.append("unimodal_head is set but unimodal_heads is false; set unimodal_heads: true")
             if self.self_distill_temperature <= 0:
                 problems.append(f"self_distill_temperature must be > 0, got {self.self_distill_temperature}")
             if self.anchor is not None and self.anchor not in mods:
@@ -148,7 +162,8 @@ class MultimodalModel(nn.Module):
         else:
             self.anchor = "text" if "text" in self.modalities else self.modalities[0]
         self.head = config.head.build(hidden=H, num_classes=num_classes)
-        self.unimodal_heads = (nn.ModuleDict({m: config.head.build(hidden=H, num_classes=num_classes)
+        unimodal_head = config.unimodal_head if config.unimodal_head is not None else config.head
+        self.unimodal_heads = (nn.ModuleDict({m: unimodal_head.build(hidden=H, num_classes=num_classes)
                                               for m in self.modalities})
                                if config.unimodal_heads else None)
 
@@ -211,19 +226,23 @@ class MultimodalModel(nn.Module):
         logits = self.head(final)  # (B, T, C)
 
         unimodal_logits: dict[str, torch.Tensor] = {}
+        task_loss_logits: dict[str, tuple[float, torch.Tensor]] = {}
         if self.unimodal_heads is not None:
             for m in self.modalities:
                 unimodal_logits[m] = self.unimodal_heads[m](fusion_features.get(m, views[m]))
             aux.update(self._self_distillation(logits, unimodal_logits, batch))
+            if self.config.unimodal_loss == "task" and self.config.unimodal_ce_weight > 0:
+                task_loss_logits = {f"self_distill.ce.{m}": (self.config.unimodal_ce_weight, u)
+                                    for m, u in unimodal_logits.items()}
         return ModelOutput(logits=logits, features=features, unimodal_logits=unimodal_logits,
-                           attentions=attentions, aux_losses=aux, stats=stats)
+                           attentions=attentions, aux_losses=aux, stats=stats, task_loss_logits=task_loss_logits)
 
     def _self_distillation(self, logits: torch.Tensor, unimodal: dict[str, torch.Tensor],
                            batch: DialogueBatch) -> dict[str, torch.Tensor]:
         cfg = self.config
         mask = batch.mask.bool()
         terms: dict[str, torch.Tensor] = {}
-        if cfg.unimodal_ce_weight > 0:
+        if cfg.unimodal_ce_weight > 0 and cfg.unimodal_loss == "plain_ce":
             labelled = mask & (batch.labels != PAD_LABEL)
             labels = batch.labels.masked_fill(~labelled, 0)
             for m, u in unimodal.items():

@@ -17,6 +17,7 @@ from torch import nn
 from mercore.config import option
 from mercore.errors import ConfigError
 from mercore.nn import FusionOutput, ModalityGate, TransformerLayer, UnimodalGate, check_fusion_modalities, zero_padding
+from mercore.nn.layers import AttentionNorm
 
 
 def _need_two(kind: str, modalities: list[str]) -> None:
@@ -56,12 +57,19 @@ class SDTGatedFusion(nn.Module):
     ``features {m: (B, T, H)}`` (per-modality representations for SDT's self-distillation heads).
 
     For each target modality m: an intra-modal stack (m attends to m) and one inter-modal stack per other
-    modality o (m as query, o as key/value), ``layers`` pre-norm layers each (SDT: 1 layer, 8 heads, GELU
+    modality o (m as query, o as key/value), ``layers`` Transformer layers each (SDT: 1 layer, 8 heads, GELU
     feed-forward of width H); each stack's output x goes through the unimodal gate ``sigmoid(W x) * x``
     (``unimodal_gate: identity`` fixes W = I as SDT does on MELD); the M gated views of m are concatenated
-    (intra first) and reduced by ``Linear(M*H, H)`` to ``f_m``. The multimodal gate then fuses the ``f_m``:
-    ``sum_m softmax_m(W f_m) * f_m`` per feature. SDT adds positions and speakers inside its Transformers; here
-    the encoder (``linear`` for SDT) does.
+    (intra first, then the others in modality order, as SDT's ``features_reduce_*``) and reduced by
+    ``Linear(M*H, H)`` to ``f_m``. The multimodal gate then fuses the ``f_m``: ``sum_m softmax_m(W f_m) * f_m``
+    per feature. SDT adds positions and speakers inside each of its nine Transformers (with a dropout each);
+    here the encoder (``linear`` for SDT) adds them once, with one dropout, before the fusion.
+
+    ``attention_norm: pre`` (default) pre-norms every attention's query and context. ``attention_norm: sdt`` is
+    SDT's ``TransformerEncoderLayer``: no norm before the first layer's attention (it attends over the embedded
+    inputs as they are), later layers norm the query (and self-attention's keys) but never a cross-attention's
+    context; the feed-forward stays pre-normed. ``norm_eps`` and ``gelu`` give SDT's LayerNorm eps (1e-6) and
+    tanh-approximated GELU.
     """
 
     @attrs.define
@@ -72,6 +80,11 @@ class SDTGatedFusion(nn.Module):
         dropout: float = option(0.1, help="dropout inside the Transformer layers")
         unimodal_gate: Literal["learned", "identity"] = option(
             "learned", help="W of the unimodal gate sigmoid(W x) * x: learned, or fixed to I (SDT on MELD)")
+        attention_norm: Literal["pre", "sdt"] = option(
+            "pre", help="pre: pre-norm every attention's inputs; sdt: as SDT (none before the first layer's "
+                        "attention, the query only after)")
+        norm_eps: float = option(1e-5, help="LayerNorm epsilon (SDT: 1e-6)")
+        gelu: Literal["exact", "tanh"] = option("exact", help="GELU of the feed-forward: exact (erf) or tanh (SDT)")
 
     def __init__(self, config: Config, *, modalities: list[str], hidden: int, **_: object):
         super().__init__()
@@ -84,8 +97,15 @@ class SDTGatedFusion(nn.Module):
         self.modalities = list(modalities)
         h, ff, d = config.heads, config.ff_mult, config.dropout
 
+        def norm_of(i: int) -> AttentionNorm:
+            if config.attention_norm == "pre":
+                return "pre"
+            return "none" if i == 0 else "query"  # SDT: TransformerEncoderLayer norms its input only for iter != 0
+
         def stack(cross: bool, name: str) -> nn.ModuleList:
-            return nn.ModuleList(TransformerLayer(hidden, h, ff, d, cross=cross, name=name) for _ in range(config.layers))
+            return nn.ModuleList(TransformerLayer(hidden, h, ff, d, cross=cross, name=name, attention_norm=norm_of(i),
+                                                  norm_eps=config.norm_eps, gelu=config.gelu)
+                                 for i in range(config.layers))
 
         self.intra = nn.ModuleDict({m: stack(False, f"sdt_gated {m}") for m in self.modalities})
         self.inter = nn.ModuleDict({

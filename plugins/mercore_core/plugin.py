@@ -1,4 +1,4 @@
-"""mercore's built-in ``multimodal`` model, losses, optimizers and schedulers, registered like any third-party plugin.
+"""mercore's built-in ``multimodal`` model, losses, optimizers, schedulers and the ``jsonl`` logger, registered like any third-party plugin.
 
 The ``multimodal`` model assembles encoders, MoE, fusion and head of any plugin; it lives in the engine
 (:mod:`mercore.nn.multimodal`) because no component plugin owns it.
@@ -7,6 +7,7 @@ The ``multimodal`` model assembles encoders, MoE, fusion and head of any plugin;
 from mercore.hookspecs import hookimpl
 from mercore.nn.multimodal import MultimodalModel
 
+from mercore_core.loggers import JsonlLogger
 from mercore_core.losses import CrossEntropyLoss
 from mercore_core.optim import AdamConfig, AdamWConfig, WarmupCosineConfig, adam, adamw, constant, warmup_cosine
 
@@ -19,3 +20,4 @@ def register_components(register):
     register("optimizer", "adam", adam, config=AdamConfig)
     register("scheduler", "warmup_cosine", warmup_cosine, config=WarmupCosineConfig)
     register("scheduler", "constant", constant)
+    register("logger", "jsonl", JsonlLogger)

@@ -115,6 +115,15 @@ class HCMF(nn.Module):
 
     ``features`` holds the gated branch outputs by modality (the anchor's under its own name), so per-modality
     heads can read them; ``attentions`` holds ``"anchor"`` and ``"anchor<-m"`` maps.
+
+    **Guidance at evaluation.** The model passes ``guidance`` while training, and at evaluation only with
+    ``model.guide_at_eval: true`` (default false). What the paper describes implies true: it presents the
+    teacher-guided attention as how HCMF computes its attention (a mask from where teacher and student
+    attention disagree, scaled by a dynamic factor), not as a training loss, and its teacher is frozen and
+    reads only the text, so it is there at test time too. Guiding in training only means the test-time
+    attention is one the model never trained with (at the guided positions). Which of the two is better is
+    an empirical question: choose it on dev (e.g. ``mercore sweep`` over ``model.guide_at_eval=[false, true]``).
+    With true, evaluation (and ``mercore eval``) needs the teacher run.
     """
 
     @attrs.define

@@ -27,17 +27,39 @@ class LinearHead(nn.Module):
         return self.net(x)
 
 
-class MLPHead(nn.Module):
-    """SDT's classifier: ``Linear(H, inner) -> ReLU (or GELU) -> Dropout -> Linear(inner, C)``.
+class ReluLinearHead(nn.Module):
+    """SDT's unimodal classifier: ``ReLU -> Dropout -> Linear(H, C)`` (no hidden layer).
 
-    Shapes: ``(B, T, H) -> (B, T, C)``. ``inner`` defaults to H, as in SDT (whose scripts use dropout 0.5).
+    SDT (``model.py``, ``Transformer_Based_Model.{t,a,v}_output_layer``) puts this on each modality's fused
+    representation; its fused classifier is a bare ``Linear(H, C)`` (``linear`` with dropout 0 here).
+    Shapes: ``(B, T, H) -> (B, T, C)``.
+    """
+
+    @attrs.define
+    class Config:
+        dropout: float = option(0.0, help="dropout between the ReLU and the linear layer (SDT: 0.5)")
+
+    def __init__(self, config: Config, *, hidden: int, num_classes: int, **_: object):
+        super().__init__()
+        self.config = config
+        self.net = nn.Sequential(nn.ReLU(), nn.Dropout(config.dropout), nn.Linear(hidden, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class MLPHead(nn.Module):
+    """A two-layer classifier: ``Linear(H, inner) -> ReLU (or GELU) -> Dropout -> Linear(inner, C)``.
+
+    Not SDT's: SDT's classifiers have no hidden layer (see :class:`ReluLinearHead` and ``linear``).
+    Shapes: ``(B, T, H) -> (B, T, C)``. ``inner`` defaults to H.
     """
 
     @attrs.define
     class Config:
         inner: int | None = option(None, help="hidden width of the MLP (null: the model's hidden size)")
-        activation: Literal["relu", "gelu"] = option("relu", help="activation (SDT: relu)")
-        dropout: float = option(0.1, help="dropout before the output layer (SDT: 0.5)")
+        activation: Literal["relu", "gelu"] = option("relu", help="activation")
+        dropout: float = option(0.1, help="dropout before the output layer")
 
     def __init__(self, config: Config, *, hidden: int, num_classes: int, **_: object):
         super().__init__()
@@ -52,4 +74,4 @@ class MLPHead(nn.Module):
         return self.net(x)
 
 
-__all__ = ["LinearHead", "MLPHead"]
+__all__ = ["LinearHead", "MLPHead", "ReluLinearHead"]

@@ -170,3 +170,44 @@ def test_an_interrupted_stage_is_resumed(tmp_path):
     assert any(m.startswith("[teacher] resumed from") for m in logs)
     metrics = [json.loads(line) for line in (teacher_dir / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in metrics] == [1, 2]  # epoch 1 kept, only epoch 2 trained
+
+
+def test_a_teacher_stage_reads_the_same_pickle_files_as_its_student(tmp_path):
+    """data.layout / data.text_file / data.text_layout are inherited: with text from COSMIC's file beside
+    MMGCN's, the teacher stage of summer_iemocap reads the student's RoBERTa text, not MMGCN's 100-d text."""
+    from mercore_data.fake_pickles import write_fake_pickle
+
+    from support import ROOT
+
+    dims = {"text": 8, "audio": 6, "visual": 4}
+    mmgcn = write_fake_pickle(tmp_path / "IEMOCAP_features.pkl", "iemocap", "mmgcn", num_dialogues=8, seed=1,
+                              dims={**dims, "text": 5})
+    roberta = write_fake_pickle(tmp_path / "iemocap_features_roberta.pkl", "iemocap", "cosmic", num_dialogues=8,
+                                seed=1, dims=dims)
+    tiny = ["model.hidden=16", "~data.expected_dims", "trainer.device=cpu"]
+    loaded = load_recipe(ROOT / "recipes" / "summer_iemocap.yaml",
+                         [f"data.path={mmgcn}", "data.layout=mmgcn", f"data.text_file={roberta}",
+                          "data.text_layout=cosmic", *tiny, f"output_dir={tmp_path / 'student'}",
+                          f"stages.teacher.overrides={json.dumps(['~data.expected_dims', 'model.hidden=16'])}"])
+    (stage,) = plan_stages(loaded)
+    assert stage.inherited[:5] == ["seed=0", f"data.path={mmgcn}", "data.layout=mmgcn", f"data.text_file={roberta}",
+                                   "data.text_layout=cosmic"]
+    data = stage.loaded.recipe.data.config
+    assert (data.path, data.layout, data.text_file, data.text_layout) == (str(mmgcn), "mmgcn", str(roberta), "cosmic")
+    # The teacher's text features are the student's, utterance by utterance (RoBERTa's 8-d, not MMGCN's 5-d).
+    student = loaded.recipe.data.build().load()
+    teacher = stage.loaded.recipe.data.build().load()
+    assert teacher.modality_dims == {"text": 8}
+    for split in ("train", "dev", "test"):
+        s, t = student.split(split), teacher.split(split)
+        assert [d.id for d in s] == [d.id for d in t]
+        for a, b in zip(s, t):
+            assert torch.equal(a.features["text"], b.features["text"]) and torch.equal(a.labels, b.labels)
+
+    # The stage's own overrides still win over the inherited keys.
+    loaded = load_recipe(ROOT / "recipes" / "summer_iemocap.yaml",
+                         [f"data.path={mmgcn}", f"data.text_file={roberta}", *tiny,
+                          f"stages.teacher.overrides={json.dumps([f'data.path={roberta}', 'data.text_file=null'])}"])
+    (stage,) = plan_stages(loaded)
+    assert not any(o.startswith(("data.path=", "data.text_file=")) for o in stage.inherited)
+    assert stage.loaded.recipe.data.config.text_file is None

@@ -25,8 +25,10 @@ DIGESTS = {
     "recipes/ablation_no_sdmoe_iemocap.yaml": "699848df9349d0a2",
     "recipes/baseline_concat_iemocap.yaml": "487843b3fbc662e9",
     "recipes/baseline_concat_meld.yaml": "487843b3fbc662e9",
-    "recipes/baseline_sdt_iemocap.yaml": "9ce1631c5dc209d1",
-    "recipes/baseline_sdt_meld.yaml": "79d12dae25f58114",
+    # Changed on purpose (issue 9): SDT's heads (linear fused head, relu_linear unimodal heads) and no LayerNorm
+    # before the first attention (attention_norm: sdt); runs of the earlier SDT-like recipes do not load.
+    "recipes/baseline_sdt_iemocap.yaml": "f1425f2ae5c57f88",
+    "recipes/baseline_sdt_meld.yaml": "2ee637c093412082",
     "recipes/baseline_text_iemocap.yaml": "cb53100682a7257c",
     "recipes/baseline_text_meld.yaml": "cb53100682a7257c",
     "recipes/demo_synthetic.yaml": "870dec3f21062635",
