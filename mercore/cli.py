@@ -1,4 +1,4 @@
-"""The ``mercore`` command line: run, validate, eval, plugins, list, show, sweep, report, compare.
+"""The ``mercore`` command line: run, validate, eval, plugins, list, show, sweep, report, compare, predict.
 
 Exit codes: 0 success; 1 a checkpoint, storage, training or file-access error; 2 a recipe, registry, data,
 output_dir or usage error (the input needs fixing); 128 + signum when stopped by a signal after saving a
@@ -108,11 +108,12 @@ def cmd_validate(args) -> int:
 def cmd_eval(args) -> int:
     import torch
 
-    from mercore.runs import load_run_recipe, load_run_weights, locate_checkpoint
+    from mercore.runs import load_run_recipe, load_run_weights, locate_checkpoint, require_run_data
     from mercore.train import build_components, evaluate, model_guides_at_eval
 
     run_dir, folder = locate_checkpoint(args.checkpoint)
-    recipe, _ = load_run_recipe(run_dir)
+    recipe, _ = load_run_recipe(run_dir)  # data paths as recorded at training where they still exist
+    require_run_data(run_dir, recipe)  # a missing data set is named, with where the run was trained
     # Trains nothing: the distiller (and so a teacher run) is built only for a model that the teacher guides at
     # evaluation, and then it only loads a finished teacher.
     if recipe.distiller is not None and model_guides_at_eval(recipe):
@@ -314,6 +315,9 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_parser(sub)
     report.add_parser(sub)
     compare.add_parser(sub)
+    from mercore import predict
+
+    predict.add_parser(sub)
     return parser
 
 

@@ -39,7 +39,7 @@ from mercore.nn.layers import FeedForward, LogitHook, MultiHeadAttention, Transf
 from mercore.nn.masking import masked_mean, zero_padding
 from mercore.nn.model import Head, Model, ModelOutput
 from mercore.nn.moe import Experts, MoE, MoEOutput, Router, Routing
-from mercore.nn.training import Dataset, Distiller, Loss
+from mercore.nn.training import Dataset, Distiller, FeatureFileDataset, Loss
 
 __all__ = [
     "AttentionEncoder",
@@ -50,6 +50,7 @@ __all__ = [
     "Encoder",
     "Experts",
     "Extractor",
+    "FeatureFileDataset",
     "FeedForward",
     "Fusion",
     "FusionOutput",
