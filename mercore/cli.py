@@ -1,4 +1,5 @@
-"""The ``mercore`` command line: run, validate, eval, plugins, list, show, sweep, report, compare, predict.
+"""The ``mercore`` command line: run, validate, eval, plugins, list, show, sweep, report, compare, extract,
+predict.
 
 Exit codes: 0 success; 1 a checkpoint, storage, training or file-access error; 2 a recipe, registry, data,
 output_dir or usage error (the input needs fixing); 128 + signum when stopped by a signal after saving a
@@ -315,6 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_parser(sub)
     report.add_parser(sub)
     compare.add_parser(sub)
+    from mercore import extract
+    extract.add_parser(sub)
     from mercore import predict
 
     predict.add_parser(sub)

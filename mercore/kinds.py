@@ -135,7 +135,8 @@ KIND_CONTRACTS: dict[str, KindContract] = {c.kind: c for c in (
         returns="torch.optim.lr_scheduler.LRScheduler", protocol=None, built_by="the trainer (stepped once per step)"),
     KindContract(
         "extractor", (), returns="list[torch.Tensor] (from .extract(conversations)), one (T, D) per conversation",
-        protocol="mercore.nn.extractor.Extractor", built_by="`mercore extract` and `mercore predict`"),
+        protocol="mercore.nn.extractor.Extractor", capabilities=("mercore.nn.extractor.FittableExtractor",),
+        built_by="`mercore extract` and `mercore predict`"),
 )}
 
 #: The kinds of component a recipe can name, in the order ``mercore list`` shows them.

@@ -73,3 +73,43 @@ class ToyModel(torch.nn.Module):
         # A per-step statistic, as an MoE's gate statistics: the trainer logs its epoch mean in metrics.jsonl,
         # so resume tests also check that a mid-epoch resume logs the same mean.
         return ModelOutput(logits=logits, stats={"toy.mean_logit": float(logits.detach().mean())})
+
+
+class ToyExtractor:
+    """Deterministic text features without weights: per utterance, a random vector seeded by its text's hash.
+
+    ``salt`` changes the identity (another extractor); ``sleep`` (seconds per conversation) lets a test kill an
+    extraction midway.
+    """
+
+    @attrs.define
+    class Config:
+        dim: int = 4
+        salt: str = ""
+        sleep: float = 0.0
+
+    modality = "text"
+
+    def __init__(self, config: Config, **_):
+        self.config = config
+        self.dim = config.dim
+
+    def identity(self) -> dict[str, str]:
+        from mercore.extract import canonical_json
+
+        return {"extractor": "toy_components:ToyExtractor",
+                "options": canonical_json({"dim": self.config.dim, "salt": self.config.salt}), "weights_sha256": "none"}
+
+    def extract(self, conversations):
+        import hashlib
+        import time
+
+        out = []
+        for conv in conversations:
+            time.sleep(self.config.sleep)
+            rows = []
+            for speaker, text in zip(conv.speakers, conv.texts):
+                seed = int(hashlib.sha256(f"{self.config.salt}|{speaker}|{text}".encode()).hexdigest()[:8], 16)
+                rows.append(torch.randn(self.config.dim, generator=torch.Generator().manual_seed(seed)))
+            out.append(torch.stack(rows))
+        return out

@@ -20,6 +20,7 @@ distiller     :class:`Distiller`               ``{name: scalar}``
 dataset       :class:`Dataset`                 :class:`mercore.data.types.Corpus`
 loss          :class:`Loss`                    scalar tensor
 extractor     :class:`Extractor`               one ``(T, D)`` tensor per :class:`Conversation`
+              (:class:`FittableExtractor`)     ``fit`` on labelled train/dev conversations first (fine-tuning)
 ============  ===============================  ================================================================
 
 Optional capabilities are declared, not probed: a component has one when it implements the capability
@@ -32,7 +33,7 @@ positions), :mod:`mercore.nn.gates` (SDT's gates), :mod:`mercore.nn.embedding` (
 
 from mercore.nn.embedding import EmbeddingConfig, UtteranceEmbedding
 from mercore.nn.encoder import AttentionEncoder, Encoder
-from mercore.nn.extractor import Conversation, Extractor
+from mercore.nn.extractor import Conversation, Extractor, FittableExtractor
 from mercore.nn.fusion import Fusion, FusionOutput, GuidableFusion, check_fusion_modalities
 from mercore.nn.gates import ModalityGate, UnimodalGate
 from mercore.nn.layers import FeedForward, LogitHook, MultiHeadAttention, TransformerLayer, sinusoidal_positions
@@ -51,6 +52,7 @@ __all__ = [
     "Experts",
     "Extractor",
     "FeatureFileDataset",
+    "FittableExtractor",
     "FeedForward",
     "Fusion",
     "FusionOutput",

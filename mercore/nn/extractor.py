@@ -69,4 +69,23 @@ class Extractor(Protocol):
         ...
 
 
-__all__ = ["Conversation", "Extractor"]
+@runtime_checkable
+class FittableExtractor(Extractor, Protocol):
+    """Optional capability: an extractor that must first be trained on labelled conversations (a fine-tuned encoder).
+
+    ``mercore extract`` calls :meth:`fit` before extracting when :meth:`needs_fit` is true, with the input's
+    ``train`` and ``dev`` conversations and their labels (label names, None for unlabelled utterances); only
+    then is :meth:`Extractor.identity` valid (its ``weights_sha256`` is the hash of the trained weights).
+    """
+
+    def needs_fit(self) -> bool:
+        """True while the trained weights this extractor names do not exist yet."""
+        ...
+
+    def fit(self, train: Sequence[tuple[Conversation, Sequence[str | None]]],
+            dev: Sequence[tuple[Conversation, Sequence[str | None]]]) -> None:
+        """Train on ``train``, select on ``dev``, and save the trained weights where the config says."""
+        ...
+
+
+__all__ = ["Conversation", "Extractor", "FittableExtractor"]

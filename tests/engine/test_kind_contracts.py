@@ -1,9 +1,9 @@
 """The declared contract of every kind (mercore/kinds.py) is what the engine really does.
 
 A recording wrapper around ``Node.build`` watches a whole run of the demo recipe (made tiny, with every kind in
-play: SDMoE routers and experts, HCMF with a global MoE, unimodal heads, a distiller), ``mercore eval`` and
-``mercore.load``: every factory must receive exactly the declared context, and every built component must
-satisfy its kind's protocol. So ``mercore show`` cannot drift from the code.
+play: SDMoE routers and experts, HCMF with a global MoE, unimodal heads, a distiller), ``mercore eval``,
+``mercore.load`` and a ``mercore extract`` run: every factory must receive exactly the declared context, and
+every built component must satisfy its kind's protocol. So ``mercore show`` cannot drift from the code.
 """
 
 from __future__ import annotations
@@ -69,13 +69,23 @@ def recorded(tmp_path_factory):
         assert main(["run", str(ROOT / "recipes" / "demo_synthetic.yaml"), *TINY_DEMO, f"output_dir={run_dir}"]) == 0
         assert main(["eval", str(run_dir)]) == 0
         mercore.load(run_dir)
+        assert main(["extract", str(_extract_recipe(run_dir.parent))]) == 0
     return calls
+
+
+def _extract_recipe(folder):
+    """A `mercore extract` recipe on two conversations with the weight-free toy extractor."""
+    (folder / "dialogues.jsonl").write_text('{"dialogue": "a", "speakers": ["A", "B"], "texts": ["hi", "hello"]}\n'
+                                            '{"dialogue": "b", "speakers": ["B"], "texts": ["bye"]}\n')
+    recipe = folder / "extract.yaml"
+    recipe.write_text(f"input: {folder / 'dialogues.jsonl'}\noutput: {folder / 'toy.safetensors'}\n"
+                      "extractor: {type: 'toy_components:ToyExtractor'}\nprogress: false\n")
+    return recipe
 
 
 def test_every_factory_receives_exactly_the_declared_context(recorded):
     seen = {kind for kind, _, _ in recorded}
-    # TODO(extract): the demo run builds no extractor; record a `mercore extract` run here once it exists.
-    assert seen == set(KINDS) - {"extractor"}, f"kinds never built by the run: {set(KINDS) - seen}"
+    assert seen == set(KINDS), f"kinds never built by the run: {set(KINDS) - seen}"
     for kind, keys, _ in recorded:
         declared = set(KIND_CONTRACTS[kind].context_names)
         assert keys == declared, f"{kind}: the engine passed {sorted(keys)} but mercore/kinds.py declares {sorted(declared)}"
