@@ -131,7 +131,7 @@ def feature_sources(dataset: Any, modalities: list[str]) -> dict[str, FeatureSou
                                    reason=f"the dataset ({type(dataset).__name__}) reads {m!r} features that no "
                                           "extractor made (e.g. a pickle)")
             continue
-        path = Path(path).absolute()
+        path = Path(os.path.abspath(path))  # normalised: no "..", as the user would write it
         identity, reason = _identity_of(path)
         out[m] = FeatureSource(file=str(path), identity=identity, reason=reason)
     return out
@@ -143,7 +143,7 @@ def data_paths(data_config: Any) -> dict[str, str]:
     for name in PATH_OPTIONS:
         value = getattr(data_config, name, None)
         if isinstance(value, str) and value:
-            out[name] = str(Path(os.path.expandvars(os.path.expanduser(value))).absolute())
+            out[name] = os.path.abspath(os.path.expandvars(os.path.expanduser(value)))
     return out
 
 

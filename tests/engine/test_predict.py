@@ -421,3 +421,12 @@ def test_read_conversations_text_layout(tmp_path):
     assert read_conversations(colon)[0].texts == ("time: relative",)  # the first colon ends the speaker
     with pytest.raises(DataError, match="input file not found"):
         read_conversations(tmp_path / "missing.txt")
+
+
+def test_jsonl_declares_the_feature_file_capability_and_the_pickle_readers_do_not(registry):
+    from mercore.kinds import KIND_CONTRACTS, declared_capabilities
+
+    dataset, cap = KIND_CONTRACTS["dataset"], "mercore.nn.training.FeatureFileDataset"
+    assert declared_capabilities(registry.get("dataset", "jsonl").factory, dataset) == {cap: True}
+    for name in ("iemocap_pickle", "meld_pickle", "synthetic"):
+        assert declared_capabilities(registry.get("dataset", name).factory, dataset) == {cap: False}
