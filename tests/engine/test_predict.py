@@ -430,3 +430,24 @@ def test_jsonl_declares_the_feature_file_capability_and_the_pickle_readers_do_no
     assert declared_capabilities(registry.get("dataset", "jsonl").factory, dataset) == {cap: True}
     for name in ("iemocap_pickle", "meld_pickle", "synthetic"):
         assert declared_capabilities(registry.get("dataset", name).factory, dataset) == {cap: False}
+
+
+def test_an_ikd_student_predicts_alone_without_its_teacher(trained, tmp_path, monkeypatch):
+    base, teacher, _ = trained
+    recipe = RECIPE.format(out=tmp_path / "student", root=base / "data" / "tiny").replace("epochs: 2", "epochs: 1")
+    recipe += f"distiller: {{type: ikd, teacher: {teacher}, teacher_modality: text}}\n"
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", str(write_recipe(tmp_path / "student.yaml", recipe))]) == 0
+    assert (tmp_path / "student" / "checkpoints" / "best" / "extra.safetensors").exists()  # the distiller's weights
+    hidden = tmp_path / "teacher_gone"
+    shutil.move(teacher, hidden)
+    try:
+        loaded = mercore.load(tmp_path / "student")
+        test = conversations_of(base / "data" / "tiny" / "dialogues.jsonl", "test")
+        predicted = loaded.predict(test)
+    finally:
+        shutil.move(hidden, teacher)
+    expected = {(r["dialogue"], r["index"]): r for r in map(json.loads, (tmp_path / "student" / "predictions_test.jsonl").open())}
+    for pred in predicted:
+        for u in pred.utterances:
+            assert u.probabilities == pytest.approx(expected[(pred.dialogue, u.index)]["probabilities"], abs=2e-6)
