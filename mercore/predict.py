@@ -272,14 +272,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "predict", help="emotions of new conversations from a trained run (features by the run's extractor)",
-        description="Per-utterance emotions of new conversations: INPUT's features are computed by the extractor "
-                    "the run's training features were made with, then the run's model predicts. Works from the "
-                    "run folder alone (a copy, from any folder, without the training data).",
-        epilog="INPUT: a dialogues.jsonl ({\"dialogue\", \"speakers\", \"texts\"} per line; labels ignored) or a text "
-               "file of 'Speaker: utterance' lines (one conversation; blank and '#' lines skipped).\n"
-               "output: per utterance its number, speaker, top label, its probability and the text; with --json "
-               "one JSON object per utterance (JSON Lines): dialogue, index, speaker, text, label, probability, "
-               "probabilities (every label).",
+        description="Per-utterance emotions of new conversations: INPUT's features are computed by the extractor\n"
+                    "that made the run's training features, then the run's model predicts. Works from the run\n"
+                    "folder alone (a copy, from any folder, without the training data).",
+        epilog="INPUT: a dialogues.jsonl ({\"dialogue\", \"speakers\", \"texts\"} per line; labels ignored), or a\n"
+               "  text file of 'Speaker: utterance' lines (one conversation; blank and '#' lines skipped).\n"
+               "output: per utterance its number, speaker, top label, that label's probability and the text;\n"
+               "  --json: one JSON object per utterance (JSON Lines) with dialogue, index, speaker, text, label,\n"
+               "  probability and probabilities (every label's).",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir", help="a run directory (trained by `mercore run`)")
     p.add_argument("input", help="dialogues.jsonl, or a text file of 'Speaker: utterance' lines")

@@ -26,8 +26,9 @@ from mercore.errors import CheckpointError, DataError
 
 RUN_INFO = "run_info.json"
 FORMAT = 1
-#: Options of a dataset config that name a file or folder (a relative one is relative to where training ran).
-PATH_OPTIONS = ("root", "path")
+#: Options of a dataset config that name a file or folder (a relative one is relative to where training ran):
+#: jsonl and meld_csv `root`, the pickle readers' `path` and `text_file`.
+PATH_OPTIONS = ("root", "path", "text_file")
 
 
 @attrs.frozen
@@ -138,7 +139,7 @@ def feature_sources(dataset: Any, modalities: list[str]) -> dict[str, FeatureSou
 
 
 def data_paths(data_config: Any) -> dict[str, str]:
-    """The absolute form of each path option of a dataset config (``root``, ``path``) that is set."""
+    """The absolute form of each path option of a dataset config (:data:`PATH_OPTIONS`) that is set."""
     out = {}
     for name in PATH_OPTIONS:
         value = getattr(data_config, name, None)

@@ -151,7 +151,7 @@ def load_run_recipe(run_dir: str | Path) -> tuple[Recipe, dict]:
 
 
 def with_recorded_data_paths(recipe: Recipe, info: RunInfo | None) -> Recipe:
-    """``recipe`` with each path option of its dataset (``data.root``, ``data.path``) replaced by the absolute
+    """``recipe`` with each path option of its dataset (``data.root``, ``data.path``, ...) replaced by the absolute
     path recorded at training where that still exists, so that a relative one resolves from where the run was
     trained rather than from the working directory. Unchanged for a run without ``run_info.json``."""
     if info is None:
