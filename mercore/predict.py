@@ -129,9 +129,10 @@ def _read_jsonl(path: Path, lines: list[str]) -> list[Conversation]:
         for key in ("speakers", "texts"):
             value = row.get(key)
             if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
-                raise DataError(f"{where}: dialogue {did!r}: {key!r} must be a list of non-empty strings, got {value!r}")
+                raise DataError(f"{where}: dialogue {did!r}: {key!r} must be a list of non-empty strings, "
+                                f"got {value!r}")
         audio = row.get("audio")
-        if audio is not None and (not isinstance(audio, list) or not all(a is None or isinstance(a, str) for a in audio)):
+        if audio is not None and not (isinstance(audio, list) and all(a is None or isinstance(a, str) for a in audio)):
             raise DataError(f"{where}: dialogue {did!r}: 'audio' must be a list of paths (or null), got {audio!r}")
         if did in seen:
             raise DataError(f"{where}: duplicate dialogue id {did!r} (first on line {seen[did]})")
@@ -245,7 +246,8 @@ def format_prediction(pred: ConversationPrediction) -> list[str]:
     label_width = max((len(u.label) for u in pred.utterances), default=0)
     lines = [f"{pred.dialogue} ({len(pred)} utterances)"]
     for u in pred.utterances:
-        lines.append(f"  {u.index + 1:>3}  {u.speaker:<{width}}  {u.label:<{label_width}}  {u.probability:.2f}  {u.text}")
+        lines.append(f"  {u.index + 1:>3}  {u.speaker:<{width}}  {u.label:<{label_width}}  {u.probability:.2f}  "
+                     f"{u.text}")
     return lines
 
 

