@@ -411,7 +411,10 @@ def run_extract(recipe: ExtractRecipe, log=None) -> ExtractSummary:
         if _part_is_complete(part, [r.conversation.dialogue for r in chunk]):
             reused += 1
             continue
-        feats = extractor.extract([r.conversation for r in chunk])
+        try:
+            feats = extractor.extract([r.conversation for r in chunk])
+        except DataError as exc:  # e.g. a missing audio file: say which input lines the chunk came from
+            raise DataError(f"{recipe.input}:{chunk[0].line}-{chunk[-1].line}: {exc}") from None
         tensors = {}
         for r, f in zip(chunk, _checked_features(feats, chunk, extractor, recipe)):
             tensors[r.conversation.dialogue] = f.to(dtype).contiguous()
@@ -569,8 +572,12 @@ def cmd_extract(args) -> int:
 
 def add_parser(sub) -> None:
     """The ``extract`` sub-command (called from :func:`mercore.cli.build_parser`)."""
+    import argparse
+
     p = sub.add_parser("extract", help="per-utterance features of a dialogues.jsonl with an extractor (resumable)",
-                       description=__doc__.split("\n\n")[0],
+                       description="Per-utterance features of the conversations of a dialogues.jsonl, written as one "
+                                   "safetensors file (one (T, D) tensor per dialogue id) that records the extractor.",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
                        epilog="example: mercore extract recipes/extract/iemocap_minilm.yaml output=/tmp/f.safetensors\n"
                               "an interrupted extraction resumes from OUTPUT.parts/ when run again")
     p.add_argument("recipe")

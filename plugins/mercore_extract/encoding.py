@@ -47,12 +47,25 @@ def tokenize(tokenizer, inputs: Sequence[tuple[str, str | None]], max_length: in
         # truncate the context first: the target utterance is what the vector is about
         enc = tokenizer(targets, contexts, padding=True, truncation="only_second", max_length=max_length,
                         return_tensors="pt")
-        seg = torch.tensor([[1 if s == 0 or s is None else 0 for s in enc.sequence_ids(b)] for b in range(len(inputs))])
-        target_mask = enc["attention_mask"] * seg
+        target_mask = torch.zeros_like(enc["attention_mask"])
+        for b in range(len(inputs)):
+            target_mask[b, :_first_segment_end(enc.sequence_ids(b)) + 1] = 1
     else:
         enc = tokenizer(targets, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
         target_mask = enc["attention_mask"]
     return {k: v.to(device) for k, v in enc.items()}, target_mask.to(device)
+
+
+def _first_segment_end(sequence_ids: list[int | None]) -> int:
+    """Index of the special token closing the first segment (``[SEP]`` in ``[CLS] target [SEP] context [SEP]``):
+    the target's tokens and the special tokens around them are what gets pooled."""
+    seen_target = False
+    for i, s in enumerate(sequence_ids):
+        if s == 0:
+            seen_target = True
+        elif seen_target:
+            return i
+    return len(sequence_ids) - 1
 
 
 def pool(hidden_states: Sequence[torch.Tensor], mask: torch.Tensor, *, layers: Sequence[int], combine: str,

@@ -24,7 +24,7 @@ import attrs
 import torch
 
 from mercore.config import option
-from mercore.errors import ConfigError
+from mercore.errors import ConfigError, DataError
 from mercore.nn.extractor import Conversation
 from mercore_extract.encoding import check_pooling, encode, load_backbone, tokenize, utterance_inputs
 from mercore_extract.weights import resolve_weights, weight_file
@@ -96,8 +96,9 @@ class FinetunedEncoder:
             self._load_saved()
         else:
             base = resolve_weights(config.base, "extractor.base")  # fail now, not after the data is read
-            hidden = int(json.loads((base / "config.json").read_text())["hidden_size"])
-            self.dim = hidden * (len(config.layers) if config.combine == "concat" else 1)
+            model_config = json.loads((base / "config.json").read_text())
+            self._check_layers(int(model_config["num_hidden_layers"]))  # before fine-tuning, not after
+            self.dim = int(model_config["hidden_size"]) * (len(config.layers) if config.combine == "concat" else 1)
 
     # -- the fitted model ------------------------------------------------------------------------------------------
     def needs_fit(self) -> bool:
@@ -113,12 +114,21 @@ class FinetunedEncoder:
                                f"({', '.join(diff)} differ: saved { {k: (record.get('options') or {}).get(k) for k in diff} }, "
                                f"recipe { {k: want.get(k) for k in diff} }); choose another save_to, or delete it "
                                "to fine-tune again"])
+        from mercore.extract import sha256_of_files
+
+        actual = sha256_of_files([weight_file(self.folder)])
+        if actual != record.get("weights_sha256"):
+            raise DataError(f"{weight_file(self.folder)}: sha256 {actual} is not the {record.get('weights_sha256')} "
+                            f"that {RECORD} recorded when it was fine-tuned (a changed or damaged file); delete "
+                            f"{self.folder} to fine-tune again")
         self.record = record
         self.tokenizer, self.model = load_backbone(self.folder, self.config.device, "extractor 'finetuned_encoder'")
         self.model.requires_grad_(False)
         hidden = int(self.model.config.hidden_size)
         self.dim = hidden * (len(self.config.layers) if self.config.combine == "concat" else 1)
-        n_layers = int(self.model.config.num_hidden_layers)
+        self._check_layers(int(self.model.config.num_hidden_layers))
+
+    def _check_layers(self, n_layers: int) -> None:
         bad = [i for i in self.config.layers if not -(n_layers + 1) <= i <= n_layers]
         if bad:
             raise ConfigError([f"extractor.layers: {bad} out of range for a model of {n_layers} layers "
