@@ -482,3 +482,21 @@ def test_predict_on_real_iemocap_text_equals_the_trainers_test_predictions(tmp_p
                 assert u.probabilities == pytest.approx(row["probabilities"], abs=2e-3)
                 compared += 1
     assert compared > 100
+
+
+def test_other_weights_or_a_missing_extractor_are_refused(trained, tmp_path, capsys):
+    _, run, _ = trained
+    (tmp_path / "conv.txt").write_text(CONVERSATION)
+
+    def predict_with(edit) -> str:
+        copy = shutil.copytree(run, tmp_path / f"copy{len(list(tmp_path.iterdir()))}")
+        info = json.loads((copy / "run_info.json").read_text())
+        edit(info["features"]["text"]["identity"])
+        (copy / "run_info.json").write_text(json.dumps(info))
+        assert main(["predict", str(copy), str(tmp_path / "conv.txt")]) == 2
+        return capsys.readouterr().err
+
+    err = predict_with(lambda identity: identity.update(weights_sha256="0" * 64))
+    assert f"but the features were made with weights of sha256 {'0' * 64}" in err
+    err = predict_with(lambda identity: identity.update(extractor="gone_encoder"))
+    assert "extractor 'gone_encoder', which is not installed here" in err
