@@ -387,10 +387,11 @@ def run_extract(recipe: ExtractRecipe, log=None) -> ExtractSummary:
     load_seconds = time.perf_counter() - t0
 
     ids = [r.conversation.dialogue for r in rows]
-    lengths = {r.conversation.dialogue: len(r.conversation) for r in rows}
-    n_utt = sum(lengths.values())
+    n_utt = sum(len(r.conversation) for r in rows)
     if output.exists():
         _check_existing_output(output, meta, ids)
+        # a kill between the assembly's rename and the removal of the parts leaves them behind
+        shutil.rmtree(parts_dir(output), ignore_errors=True)
         log(f"{output}: already holds these {len(ids)} dialogues from the same extractor; nothing to do")
         return ExtractSummary(output, len(ids), n_utt, extractor.dim, 0, 0, load_seconds, 0.0, up_to_date=True)
 

@@ -88,7 +88,9 @@ def test_extract_writes_one_tensor_per_dialogue_with_the_identity_and_the_jsonl_
 def test_a_second_run_is_up_to_date_and_float32_is_stored_as_asked(tmp_path, data, capsys):
     assert main(["extract", str(extract_recipe(tmp_path))]) == 0
     before = (tmp_path / "out" / "toy.safetensors").read_bytes()
+    parts_dir(tmp_path / "out" / "toy.safetensors").mkdir()  # as a kill right after the assembly's rename leaves it
     assert main(["extract", str(extract_recipe(tmp_path))]) == 0
+    assert not parts_dir(tmp_path / "out" / "toy.safetensors").exists()
     assert "up to date (7 dialogues)" in capsys.readouterr().out
     assert (tmp_path / "out" / "toy.safetensors").read_bytes() == before
     assert main(["extract", str(extract_recipe(tmp_path)), "dtype=float32"]) == 2

@@ -54,7 +54,8 @@ DIGESTS = {
 
 
 def test_every_recipe_is_covered():
-    shipped = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "recipes").rglob("*.yaml"))
+    shipped = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "recipes").rglob("*.yaml")
+                     if p.parent != ROOT / "recipes" / "extract")  # extract recipes build no model
     assert shipped == sorted(DIGESTS), "a recipe was added or removed: add its digest (or drop it) here"
 
 
