@@ -1,4 +1,5 @@
-"""The ``mercore`` command line: run, validate, eval, plugins, list, show, sweep, report, compare, extract.
+"""The ``mercore`` command line: run, validate, eval, plugins, list, show, sweep, report, compare, extract,
+predict.
 
 Exit codes: 0 success; 1 a checkpoint, storage, training or file-access error; 2 a recipe, registry, data,
 output_dir or usage error (the input needs fixing); 128 + signum when stopped by a signal after saving a
@@ -106,11 +107,12 @@ def cmd_validate(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from mercore.runs import load_run_recipe, load_run_weights, locate_checkpoint
+    from mercore.runs import load_run_recipe, load_run_weights, locate_checkpoint, require_run_data
     from mercore.train import apply_thread_policy, build_components, evaluate, model_guides_at_eval, resolve_device
 
     run_dir, folder = locate_checkpoint(args.checkpoint)
-    recipe, _ = load_run_recipe(run_dir)
+    recipe, _ = load_run_recipe(run_dir)  # data paths as recorded at training where they still exist
+    require_run_data(run_dir, recipe)  # a missing data set is named, with where the run was trained
     # Trains nothing: the distiller (and so a teacher run) is built only for a model that the teacher guides at
     # evaluation, and then it only loads a finished teacher.
     if recipe.distiller is not None and model_guides_at_eval(recipe):
@@ -321,6 +323,9 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_parser(sub)
     from mercore import extract
     extract.add_parser(sub)
+    from mercore import predict
+
+    predict.add_parser(sub)
     return parser
 
 

@@ -116,6 +116,7 @@ KIND_CONTRACTS: dict[str, KindContract] = {c.kind: c for c in (
         built_by="the trainer and `mercore eval` (from the recipe's `distiller`)"),
     KindContract(
         "dataset", (), returns="mercore.data.types.Corpus (from .load())", protocol="mercore.nn.training.Dataset",
+        capabilities=("mercore.nn.training.FeatureFileDataset",),
         built_by="the trainer, `mercore eval` and mercore.load (from the recipe's `data`)"),
     KindContract(
         "loss",

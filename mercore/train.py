@@ -33,6 +33,7 @@ from mercore.metrics import classification_report
 from mercore.model_api import ModelOutput
 from mercore.progress import Progress
 from mercore.recipe import _DEVICE, DEVICE_CHOICES, LoadedRecipe, Recipe
+from mercore.run_info import write_run_info
 from mercore.runs import load_run_weights, resolve_checkpoint
 from mercore.yaml_io import dump_yaml
 
@@ -156,7 +157,8 @@ def forward_batch(c: Components, batch: DialogueBatch, model: torch.nn.Module | 
 @torch.no_grad()
 def evaluate(c: Components, split: str, batch_size: int, device: torch.device, precision: str = "fp32"
              ) -> tuple[dict, list[dict]]:
-    """Metrics of ``split`` and the per-utterance predictions ``{dialogue, index, gold, pred}``, computed on
+    """Metrics of ``split`` and the per-utterance predictions ``{dialogue, index, gold, pred, gold_label,
+    pred_label, probabilities}`` (``probabilities``: label name -> softmax probability), computed on
     ``device`` (where the model is) at ``precision`` (``trainer.precision``)."""
     c.model.eval()
     if c.distiller is not None:
@@ -172,15 +174,28 @@ def evaluate(c: Components, split: str, batch_size: int, device: torch.device, p
             logits = c.model(batch, teacher=teacher_out).logits
         # One copy back per batch; the per-utterance rows are then read from host tensors.
         keep = batch.mask & (batch.labels != PAD_LABEL)
-        labels, pred, keep = (t.cpu() for t in (batch.labels, logits.argmax(-1), keep))
-        golds.append(labels[keep])
-        preds.append(pred[keep])
-        for b, did in enumerate(batch.dialogue_ids):
-            for t in torch.nonzero(keep[b]).flatten().tolist():
-                rows.append({"dialogue": did, "index": t, "gold": int(labels[b, t]), "pred": int(pred[b, t])})
+        labels, pred_cpu, keep_cpu = (t.cpu() for t in (batch.labels, logits.argmax(-1), keep))
+        golds.append(labels[keep_cpu])
+        preds.append(pred_cpu[keep_cpu])
+        rows.extend(_prediction_rows(batch, keep_cpu, logits, c.corpus.label_names))
     gold = torch.cat(golds) if golds else torch.zeros(0, dtype=torch.long)
     pred = torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long)
     return classification_report(gold, pred, c.corpus.label_names), rows
+
+
+def _prediction_rows(batch: DialogueBatch, keep: torch.Tensor, logits: torch.Tensor,
+                     label_names: list[str]) -> list[dict]:
+    """One row per kept utterance (``keep``: ``(B, T)`` bool) of a batch, with label names and probabilities
+    (rounded to 6 digits: the file is for people and tools, not for bit-exact comparisons)."""
+    gold, pred = batch.labels.cpu().tolist(), logits.argmax(-1).cpu().tolist()
+    probs = torch.softmax(logits.float(), dim=-1).cpu().tolist()  # (B, T, C), once per batch
+    rows = []
+    for b, did in enumerate(batch.dialogue_ids):
+        for t in torch.nonzero(keep[b]).flatten().tolist():
+            rows.append({"dialogue": did, "index": t, "gold": gold[b][t], "pred": pred[b][t],
+                         "gold_label": label_names[gold[b][t]], "pred_label": label_names[pred[b][t]],
+                         "probabilities": {n: round(p, 6) for n, p in zip(label_names, probs[b][t])}})
+    return rows
 
 
 def _rng_state() -> dict[str, Any]:
@@ -398,6 +413,8 @@ class Trainer:
         seed_everything(self.recipe.seed)
         self._prepare_run_dir()
         c = build_components(self.recipe)
+        if self.is_main:  # label names, dims, extractors, versions: the run folder is usable on its own
+            write_run_info(self.run_dir, self.recipe, c.corpus, keep_existing=self.recipe.resume)
         c.model.to(device)
         if c.distiller is not None:
             c.distiller.to(device)

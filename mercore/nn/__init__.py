@@ -43,7 +43,7 @@ from mercore.nn.layers import FeedForward, LogitHook, MultiHeadAttention, Transf
 from mercore.nn.masking import masked_mean, zero_padding
 from mercore.nn.model import Head, Model, ModelOutput
 from mercore.nn.moe import Experts, MoE, MoEOutput, Router, Routing
-from mercore.nn.training import Dataset, Distiller, Loss
+from mercore.nn.training import Dataset, Distiller, FeatureFileDataset, Loss
 
 __all__ = [
     "AttentionEncoder",
@@ -54,6 +54,7 @@ __all__ = [
     "Encoder",
     "Experts",
     "Extractor",
+    "FeatureFileDataset",
     "FittableExtractor",
     "FeedForward",
     "Fusion",

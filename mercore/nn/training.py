@@ -10,6 +10,7 @@ Optimizers and schedulers are torch's own types (``torch.optim.Optimizer``, ``to
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import torch
@@ -25,6 +26,20 @@ class Dataset(Protocol):
     """``dataset.load() -> Corpus``: every split's dialogues, the label names and the modality dims."""
 
     def load(self) -> Corpus: ...
+
+
+@runtime_checkable
+class FeatureFileDataset(Dataset, Protocol):
+    """Optional capability: a dataset that reads each modality's features from a file an extractor wrote.
+
+    Declared by implementing :meth:`feature_files`. A run records each file's extractor identity (its
+    metadata) in ``run_info.json``, which is how ``mercore predict`` computes the same features for new
+    conversations; a dataset without it (a pickle reader) trains runs that cannot predict on new text.
+    """
+
+    def feature_files(self) -> dict[str, Path]:
+        """Modality -> the feature file it is read from (a path as configured, not opened)."""
+        ...
 
 
 @runtime_checkable
@@ -48,4 +63,4 @@ class Distiller(Protocol):
                  ) -> dict[str, torch.Tensor]: ...
 
 
-__all__ = ["Dataset", "Distiller", "Loss"]
+__all__ = ["Dataset", "Distiller", "FeatureFileDataset", "Loss"]

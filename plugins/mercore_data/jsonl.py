@@ -56,6 +56,12 @@ class JsonlDataset:
     def __init__(self, config: JsonlConfig, **_: Any):
         self.config = config
 
+    def feature_files(self) -> dict[str, Path]:
+        """Modality -> the feature file it is read from (what a run records, with the extractor that made it,
+        so that ``mercore predict`` can compute the same features for new conversations)."""
+        root = checks.resolve_path(self.config.root)
+        return {m: root / self.config.features[m] for m in self.config.modalities if m in self.config.features}
+
     def load(self) -> Corpus:
         cfg = self.config
         root = checks.require_dir(checks.resolve_path(cfg.root), "dataset root folder")
