@@ -73,10 +73,17 @@ def start(option: Option, epochs: int, out: Path) -> subprocess.Popen:
     return subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
-def wall(procs: list[subprocess.Popen]) -> list[float]:
-    """Seconds until each of ``procs`` (started just now) exits; a failed run is an error."""
+def wall(procs: list[subprocess.Popen], limit: float) -> list[float]:
+    """Seconds until each of ``procs`` (started just now) exits; a failed run is an error. A run still going
+    after ``limit`` seconds is killed and reported as ``inf`` (the collapse this script exists to show)."""
     t0, times, pending = time.perf_counter(), [None] * len(procs), set(range(len(procs)))
     while pending:
+        if time.perf_counter() - t0 > limit:
+            for i in pending:
+                procs[i].kill()
+                procs[i].wait()
+                times[i] = float("inf")
+            break
         for i in list(pending):
             if procs[i].poll() is not None:
                 times[i] = time.perf_counter() - t0
@@ -87,10 +94,14 @@ def wall(procs: list[subprocess.Popen]) -> list[float]:
     return times
 
 
-def measure(option: Option, epochs: int, folder: Path) -> tuple[float, list[float]]:
-    alone = wall([start(option, epochs, folder / f"{option.name}-alone")])[0]
-    beside = wall([start(option, epochs, folder / f"{option.name}-{i}") for i in (1, 2)])
+def measure(option: Option, epochs: int, folder: Path, limit: float) -> tuple[float, list[float]]:
+    alone = wall([start(option, epochs, folder / f"{option.name}-alone")], limit)[0]
+    beside = wall([start(option, epochs, folder / f"{option.name}-{i}") for i in (1, 2)], limit)
     return alone, beside
+
+
+def seconds(t: float, limit: float) -> str:
+    return f"> {limit:.0f} (killed)" if t == float("inf") else f"{t:.1f}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -100,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=2, help="epochs per demo run (the issue measured 2)")
     ap.add_argument("--options", nargs="+", choices=list(known), default=list(known))
     ap.add_argument("--out", type=Path, help="also write the Markdown table to this file")
+    ap.add_argument("--limit", type=float, default=300.0, help="seconds after which a demo is killed and shown as '> LIMIT'")
     args = ap.parse_args(argv)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     lines = [f"Demo ({DEMO.name}, {args.epochs} epoch(s)) wall time in seconds, including start-up; {cores} cores "
@@ -108,8 +120,9 @@ def main(argv: list[str] | None = None) -> int:
              "|---|---|---|---|---|"]
     with tempfile.TemporaryDirectory(prefix="thread_policy_") as tmp:
         for name in args.options:
-            alone, beside = measure(known[name], args.epochs, Path(tmp))
-            lines.append(f"{known[name].describe()} {alone:.1f} | {' / '.join(f'{t:.1f}' for t in beside)} |")
+            alone, beside = measure(known[name], args.epochs, Path(tmp), args.limit)
+            lines.append(f"{known[name].describe()} {seconds(alone, args.limit)} | "
+                         f"{' / '.join(seconds(t, args.limit) for t in beside)} |")
             print(lines[-1], file=sys.stderr, flush=True)  # progress: the row as soon as it is measured
     table = "\n".join(lines)
     print(table)
