@@ -113,7 +113,7 @@ def test_resume_of_a_run_saved_before_new_options_existed(tmp_path, monkeypatch)
     original = Trainer._end_epoch
 
     def stop_after_epoch_1(self, setup, state, t):
-        done = original(self, setup, state, t)
+        original(self, setup, state, t)
         raise KeyboardInterrupt
 
     monkeypatch.setattr(Trainer, "_end_epoch", stop_after_epoch_1)

@@ -65,7 +65,7 @@ progress: false
 @pytest.mark.parametrize("feature_set, dim", [("eGeMAPSv02", 88), ("IS10", 1582)])
 def test_opensmile_features_have_the_feature_sets_dims_and_are_deterministic(tmp_path, audio_data, feature_set, dim):
     a = run_extract(load_extract_recipe(audio_recipe(tmp_path, feature_set, "a.safetensors")), log=lambda _: None)
-    b = run_extract(load_extract_recipe(audio_recipe(tmp_path, feature_set, "b.safetensors")), log=lambda _: None)
+    run_extract(load_extract_recipe(audio_recipe(tmp_path, feature_set, "b.safetensors")), log=lambda _: None)
     assert a.dim == dim and a.dialogues == 3 and a.utterances == 6
     assert (tmp_path / "a.safetensors").read_bytes() == (tmp_path / "b.safetensors").read_bytes()
     from safetensors import safe_open
