@@ -54,6 +54,12 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     return m, math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))
 
 
+def percent_mean_std(values: list[float]) -> str:
+    """``"61.00 ± 1.19"`` (x 100, sample std); one value has no spread to show: ``"61.00"``."""
+    m, s = mean_std([100 * v for v in values])
+    return f"{m:.2f} ± {s:.2f}" if len(values) > 1 else f"{m:.2f}"
+
+
 @attrs.define
 class ReportRow:
     label: str
@@ -61,8 +67,7 @@ class ReportRow:
 
     def cells(self, split: str = "test") -> dict[str, str]:
         def pm(values: list[float]) -> str:
-            m, s = mean_std([100 * v for v in values])
-            return f"{m:.2f} ± {s:.2f}"
+            return percent_mean_std(values)
 
         first = self.runs[0].results
         select = first.get("selected_on", "dev weighted_f1").split()[-1]

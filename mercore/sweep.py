@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 import attrs
 
 from mercore.errors import ConfigError
-from mercore.report import mean_std, to_csv, to_markdown
+from mercore.report import mean_std, percent_mean_std, to_csv, to_markdown
 
 # The trainer's epoch line shows test scores; a sweep shows only dev (metrics.jsonl keeps both, as for any run).
 _TEST_IN_LOG = re.compile(r"\s+test acc \S+ wF1 \S+")
@@ -128,13 +128,11 @@ def write_table(ranked: Sequence[SettingResult], out: Path, recipe: str, seeds: 
     metric = json.loads((ranked[0].run_dirs[0] / "results.json").read_text())["selected_on"].split()[-1]
     rows = []
     for rank, r in enumerate(ranked, 1):
-        m, s = mean_std([100 * v for v in r.dev_scores])
         row = {"rank": str(rank), "setting": " ".join(r.overrides) or "(recipe as is)", "seeds": str(len(r.dev_scores)),
-               f"dev {metric}": f"{m:.2f} ± {s:.2f}", f"test {metric}": "not read"}
+               f"dev {metric}": percent_mean_std(r.dev_scores), f"test {metric}": "not read"}
         if rank == 1:
             tests = [json.loads((d / "results.json").read_text())["test"][metric] for d in r.run_dirs]
-            tm, ts = mean_std([100 * v for v in tests])
-            row[f"test {metric}"] = f"{tm:.2f} ± {ts:.2f}"
+            row[f"test {metric}"] = percent_mean_std(tests)
         row["run dirs"] = str(r.run_dirs[0].parent)
         rows.append(row)
     note = (f"Sweep of {recipe}{' with ' + ' '.join(overrides) if overrides else ''}, seeds "

@@ -100,3 +100,10 @@ def test_report_and_cli(recipe, tmp_path, monkeypatch, capsys):
     assert main(["sweep", str(recipe), "--grid", "optimizer.lr=1e-2", "--seeds", "0", "--out", "sw"]) == 0
     assert "selected on dev: optimizer.lr=1e-2" in capsys.readouterr().out
     assert main(["sweep", str(recipe), "--seeds", "a,b"]) == 2
+
+
+def test_one_seed_shows_no_spread():
+    from mercore.report import percent_mean_std
+
+    assert percent_mean_std([0.61]) == "61.00"  # one value: no "± 0.00" that reads like a measured spread
+    assert percent_mean_std([0.60, 0.62]) == "61.00 ± 1.41"
