@@ -100,27 +100,14 @@ class ExtractRecipe:
 
 def load_extract_recipe(path: str | Path, overrides: Sequence[str] = (), registry: Registry | None = None) -> ExtractRecipe:
     """Parse, override (``key.sub=value``), interpolate and validate an extract recipe; every problem at once."""
-    from mercore.recipe import _interpolate_collecting, apply_overrides
-    from mercore.yaml_io import parse_yaml_collecting
+    from mercore.recipe import _interpolate_collecting, read_recipe_file
 
     if registry is None:
         from mercore.plugins import get_registry
 
         registry = get_registry()
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError([f"recipe file {str(path)!r} does not exist"], source=str(path)) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError([f"cannot read recipe file {str(path)!r}: {exc}"], source=str(path)) from None
-    data, lines, problems = parse_yaml_collecting(text, source=str(path))
-    if not isinstance(data, dict):
-        raise ConfigError([f"a recipe must be a mapping of keys, got {type(data).__name__}"], source=str(path))
-    try:
-        apply_overrides(data, list(overrides), lines)
-    except ConfigError as exc:
-        problems += exc.problems
+    data, lines, _, problems = read_recipe_file(path, list(overrides))
     data, more, _ = _interpolate_collecting(data, lines)
     problems += more
     recipe, more = validate_config(ExtractRecipe, copy.deepcopy(data), registry, LineMap(lines))

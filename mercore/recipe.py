@@ -303,14 +303,9 @@ def load_recipe_data(path: str | Path, overrides: list[str] | None = None) -> tu
     return data, lines, notes
 
 
-def _load_recipe_data_collecting(path: Path, overrides: list[str]
-                                 ) -> tuple[dict, dict[str, str], list[OverrideNote], list[str], list[str]]:
-    """The steps of :func:`load_recipe_data`, each step's problems collected instead of raised, so that one
-    report lists them all (a duplicate key *and* a bad ``${...}``). Unreadable files and invalid YAML still
-    raise: nothing after them can be checked.
-
-    Returns ``(data, lines, notes, problems, paths whose ${...} could not be resolved)``.
-    """
+def read_recipe_file(path: Path, overrides: list[str]) -> tuple[dict, dict[str, str], list[OverrideNote], list[str]]:
+    """Read and parse a recipe file and apply ``key.sub=value`` overrides, collecting their problems (unreadable
+    files and invalid YAML raise). Returns ``(data, lines, notes, problems)``; nothing is interpolated yet."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -325,6 +320,18 @@ def _load_recipe_data_collecting(path: Path, overrides: list[str]
         notes = apply_overrides(data, overrides, lines)
     except ConfigError as exc:
         problems += exc.problems
+    return data, lines, notes, problems
+
+
+def _load_recipe_data_collecting(path: Path, overrides: list[str]
+                                 ) -> tuple[dict, dict[str, str], list[OverrideNote], list[str], list[str]]:
+    """The steps of :func:`load_recipe_data`, each step's problems collected instead of raised, so that one
+    report lists them all (a duplicate key *and* a bad ``${...}``). Unreadable files and invalid YAML still
+    raise: nothing after them can be checked.
+
+    Returns ``(data, lines, notes, problems, paths whose ${...} could not be resolved)``.
+    """
+    data, lines, notes, problems = read_recipe_file(path, overrides)
     if "output_dir" not in data:  # one folder per recipe and seed, so a seed loop needs no hand-made paths
         data["output_dir"] = default_output_dir(data, path)
     data, more, bad_paths = _interpolate_collecting(data, lines)
