@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from mercore.config import LineMap, component, option, validate_config, validate_node
+from mercore.data.json_lines import read_json_objects
 from mercore.errors import ConfigError, DataError, RegistryError
 from mercore.registry import Node, Registry
 
@@ -139,27 +140,10 @@ def read_conversations(path: str | Path) -> list[InputDialogue]:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: the input dialogues file does not exist" + (" (it is a folder)" if path.is_dir() else ""))
-    try:
-        raw_lines = path.read_bytes().split(b"\n")
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read: {exc.strerror or exc}") from None
     out: list[InputDialogue] = []
     seen: dict[str, int] = {}
-    for line_no, raw in enumerate(raw_lines, start=1):
+    for line_no, row in read_json_objects(path):
         where = f"{path}:{line_no}"
-        try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise DataError(f"{where}: byte 0x{raw[exc.start]:02x} at column {exc.start + 1} is not UTF-8; "
-                            "JSON Lines files must be UTF-8") from None
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except (json.JSONDecodeError, RecursionError) as exc:
-            raise DataError(f"{where}: not valid JSON ({exc})") from None
-        if not isinstance(row, dict):
-            raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
         did = row.get("dialogue")
         if not isinstance(did, (str, int)) or isinstance(did, bool):
             raise DataError(f"{where}: 'dialogue': missing or invalid dialogue id {did!r}")

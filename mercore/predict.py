@@ -25,6 +25,7 @@ import attrs
 import torch
 
 from mercore.data import checks
+from mercore.data.json_lines import json_object
 from mercore.data.types import PAD_LABEL, Dialogue, iterate_batches
 from mercore.errors import ConfigError, DataError
 from mercore.nn.extractor import Conversation, Extractor
@@ -119,12 +120,7 @@ def _read_jsonl(path: Path, lines: list[str]) -> list[Conversation]:
         if not line.strip():
             continue
         where = f"{path}:{n}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{where}: not valid JSON ({exc})") from None
-        if not isinstance(row, dict):
-            raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
+        row = json_object(line, where)
         did = str(row.get("dialogue", f"{path.stem}:{n}"))
         for key in ("speakers", "texts"):
             value = row.get(key)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +10,7 @@ import torch
 
 from mercore.config import option
 from mercore.data import checks
+from mercore.data.json_lines import read_json_objects
 from mercore.data.types import SPLITS, Corpus, Dialogue
 from mercore.errors import DataError
 from mercore_data.labels import KNOWN_LABELS
@@ -119,32 +119,7 @@ def _read_rows(jsonl: Path) -> list[tuple[int, dict]]:
     """Parse and shape-check every line; returns ``(line number, row)`` pairs."""
     rows: list[tuple[int, dict]] = []
     seen: dict[str, int] = {}
-    try:
-        with open(jsonl, "rb") as fh:
-            raw_lines = fh.readlines()
-    except OSError as exc:  # PermissionError, or the file vanished after require_file
-        raise DataError(f"{jsonl}: cannot read: {exc.strerror or exc}") from None
-    for line_no, raw in enumerate(raw_lines, start=1):
-        try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            # JSON text is UTF-8 (RFC 8259); a Latin-1 or cp1252 byte means the file was written in another
-            # encoding: say where, instead of guessing what the byte meant
-            raise DataError(f"{jsonl}:{line_no}: byte 0x{raw[exc.start]:02x} at column {exc.start + 1} is not "
-                            "UTF-8; JSON Lines files must be UTF-8 (re-save the file as UTF-8)") from None
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line, object_pairs_hook=_no_duplicate_keys)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{jsonl}:{line_no}: not valid JSON ({exc})") from exc
-        except _DuplicateKey as exc:
-            raise DataError(f"{jsonl}:{line_no}: key {exc.key!r} is written twice in one object; JSON readers "
-                            "silently keep the last, so which value is meant is unclear") from None
-        except RecursionError:
-            raise DataError(f"{jsonl}:{line_no}: JSON nested too deeply") from None
-        if not isinstance(row, dict):
-            raise DataError(f"{jsonl}:{line_no}: expected a JSON object, got {type(row).__name__}")
+    for line_no, row in read_json_objects(jsonl):
         did = row.get("dialogue")
         if not isinstance(did, (str, int)) or isinstance(did, bool):
             raise checks.error(f"{jsonl}:{line_no}", None, "dialogue", f"missing or invalid dialogue id {did!r}")
@@ -165,21 +140,6 @@ def _read_rows(jsonl: Path) -> list[tuple[int, dict]]:
     if not rows:
         raise DataError(f"{jsonl}: no dialogues in the file")
     return rows
-
-
-class _DuplicateKey(Exception):
-    def __init__(self, key: str):
-        self.key = key
-
-
-def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict:
-    """``json.loads`` hook: a key written twice in one object is an error (json keeps the last silently)."""
-    out: dict = {}
-    for key, value in pairs:
-        if key in out:
-            raise _DuplicateKey(key)
-        out[key] = value
-    return out
 
 
 class _open_all:
