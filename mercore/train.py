@@ -177,20 +177,21 @@ def evaluate(c: Components, split: str, batch_size: int, device: torch.device, p
         labels, pred_cpu, keep_cpu = (t.cpu() for t in (batch.labels, logits.argmax(-1), keep))
         golds.append(labels[keep_cpu])
         preds.append(pred_cpu[keep_cpu])
-        rows.extend(_prediction_rows(batch, keep_cpu, logits, c.corpus.label_names))
+        probs = torch.softmax(logits.float(), dim=-1).cpu()  # (B, T, C)
+        rows.extend(_prediction_rows(batch.dialogue_ids, keep_cpu, labels, pred_cpu, probs, c.corpus.label_names))
     gold = torch.cat(golds) if golds else torch.zeros(0, dtype=torch.long)
     pred = torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long)
     return classification_report(gold, pred, c.corpus.label_names), rows
 
 
-def _prediction_rows(batch: DialogueBatch, keep: torch.Tensor, logits: torch.Tensor,
-                     label_names: list[str]) -> list[dict]:
-    """One row per kept utterance (``keep``: ``(B, T)`` bool) of a batch, with label names and probabilities
-    (rounded to 6 digits: the file is for people and tools, not for bit-exact comparisons)."""
-    gold, pred = batch.labels.cpu().tolist(), logits.argmax(-1).cpu().tolist()
-    probs = torch.softmax(logits.float(), dim=-1).cpu().tolist()  # (B, T, C), once per batch
+def _prediction_rows(dialogue_ids: list[str], keep: torch.Tensor, gold: torch.Tensor, pred: torch.Tensor,
+                     probs: torch.Tensor, label_names: list[str]) -> list[dict]:
+    """One row per kept utterance (``keep``: ``(B, T)`` bool) of a batch, from host tensors already copied back
+    (``gold``, ``pred``: ``(B, T)``; ``probs``: ``(B, T, C)``), with label names and probabilities (rounded to 6
+    digits: the file is for people and tools, not for bit-exact comparisons)."""
+    gold, pred, probs = gold.tolist(), pred.tolist(), probs.tolist()
     rows = []
-    for b, did in enumerate(batch.dialogue_ids):
+    for b, did in enumerate(dialogue_ids):
         for t in torch.nonzero(keep[b]).flatten().tolist():
             rows.append({"dialogue": did, "index": t, "gold": gold[b][t], "pred": pred[b][t],
                          "gold_label": label_names[gold[b][t]], "pred_label": label_names[pred[b][t]],
