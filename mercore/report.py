@@ -1,7 +1,9 @@
 """``mercore report RUN_DIRS...``: aggregate finished runs over seeds into a Markdown and a CSV table.
 
 Runs are grouped by their saved ``recipe.yaml`` with ``seed`` and ``output_dir`` removed: runs that differ only
-in the seed form one row. Each row gives the number of seeds, the mean and the sample standard deviation
+in the seed form one row. A stage's ``output_dir`` (an IKD teacher trained per seed) is removed too, and a value
+that names it (``distiller.teacher``) reads as ``<stage NAME>``: two seeds of a distilled student, each with its
+own teacher run of the same recipe, are one setting. Each row gives the number of seeds, the mean and the sample standard deviation
 (``ddof=1``; 0 for one seed) of the dev score that selected the checkpoint, of test accuracy, weighted F1 and
 macro F1, and the mean test F1 of every class, all in percent.
 """
@@ -26,9 +28,30 @@ class RunResult:
 
     run_dir: Path
     name: str
-    config_key: str  # the recipe minus seed and output_dir, canonical JSON
+    config_key: str  # the recipe minus seed and output_dirs (see seedless_recipe), canonical JSON
     seed: int
     results: dict
+
+
+def seedless_recipe(recipe: dict) -> dict:
+    """``recipe`` without what changes from seed to seed of one setting: ``seed``, ``output_dir``, ``resume``,
+    each stage's ``output_dir``, and the paths that point at those stage outputs (replaced by ``<stage NAME>``)."""
+    stages = recipe.get("stages") or {}
+    stage_dirs = {str(st["output_dir"]): f"<stage {name}>" for name, st in stages.items()
+                  if isinstance(st, dict) and st.get("output_dir")}
+
+    def strip(value):
+        if isinstance(value, dict):
+            return {k: strip(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [strip(v) for v in value]
+        return stage_dirs.get(value, value) if isinstance(value, str) else value
+
+    out = {k: strip(v) for k, v in recipe.items() if k not in ("seed", "output_dir", "resume", "stages")}
+    if stages:
+        out["stages"] = {name: ({k: v for k, v in st.items() if k != "output_dir"} if isinstance(st, dict) else st)
+                         for name, st in stages.items()}
+    return out
 
 
 def read_run(run_dir: str | Path) -> RunResult:
@@ -40,8 +63,7 @@ def read_run(run_dir: str | Path) -> RunResult:
     if not res.is_file():
         raise DataError(f"{d}: no results.json (not a finished run; resume it with resume=true)")
     results = json.loads(res.read_text())
-    recipe = read_run_recipe(d)
-    recipe = {k: v for k, v in recipe.items() if k not in ("seed", "output_dir", "resume")}
+    recipe = seedless_recipe(read_run_recipe(d))
     name = str(recipe.get("name") or d.parent.name or d.name)
     return RunResult(d, name, json.dumps(recipe, sort_keys=True, default=str), int(results.get("seed", 0)), results)
 

@@ -107,3 +107,22 @@ def test_one_seed_shows_no_spread():
 
     assert percent_mean_std([0.61]) == "61.00"  # one value: no "± 0.00" that reads like a measured spread
     assert percent_mean_std([0.60, 0.62]) == "61.00 ± 1.41"
+
+
+def test_seeds_of_a_distilled_student_with_per_seed_teachers_are_one_setting():
+    from mercore.report import seedless_recipe
+
+    def student(seed: int, lr: float = 1e-3) -> dict:
+        teacher = f"/runs/final/teacher/seed{seed}"
+        return {"seed": seed, "output_dir": f"/runs/final/student/seed{seed}", "optimizer": {"lr": lr},
+                "distiller": {"type": "ikd", "teacher": teacher, "weights": [teacher, 1.0]},
+                "stages": {"teacher": {"recipe": "t.yaml", "output_dir": teacher, "overrides": []}}}
+
+    assert seedless_recipe(student(100)) == seedless_recipe(student(101))
+    assert seedless_recipe(student(100))["distiller"]["teacher"] == "<stage teacher>"
+    assert seedless_recipe(student(100))["stages"] == {"teacher": {"recipe": "t.yaml", "overrides": []}}
+    assert seedless_recipe(student(100)) != seedless_recipe(student(100, lr=2e-3))
+    # a teacher path that is not a stage's output is a real difference between settings
+    other = student(100)
+    other["distiller"]["teacher"] = "/elsewhere/teacher"
+    assert seedless_recipe(other) != seedless_recipe(student(100))
