@@ -21,7 +21,12 @@ its seed), for ``mercore report`` and ``mercore compare``. Run from the reposito
     python benchmarks/text_protocol.py iemocap            # the sweeps (dev only)
     python benchmarks/text_protocol.py iemocap --final    # then the final seeds
 
-Choices are written to ``OUT/choices.json`` as they are made.
+Choices are written to ``OUT/choices.json`` as they are made. ``--features FILE`` runs the same protocol on other
+text features of the corpus (a ``mercore extract`` output, e.g. mpnet or a fine-tuned encoder) in place of the
+shipped MiniLM file::
+
+    python benchmarks/text_protocol.py iemocap --features /feat/text_mpnet.safetensors --out runs/protocol/iemocap_mpnet \
+        --steps shared,loss --final --final-recipes text_bigru --final-seeds 100,101,102
 """
 
 from __future__ import annotations
@@ -98,19 +103,25 @@ def main() -> None:
     p.add_argument("--steps", default=",".join(s for s, _, _ in STEPS), help="the steps to run, comma-separated")
     p.add_argument("--step-seeds", action="append", default=[], metavar="STEP=S1,S2",
                    help="seeds of one step (default --seeds); repeatable")
-    p.add_argument("--final", action="store_true", help="train the final seeds with the choices")
+    p.add_argument("--features", default=None,
+                   help="text features to use instead of the corpus's MiniLM file (a safetensors file, e.g. from "
+                        "mercore extract)")
+    p.add_argument("--final", action="store_true", help="train the final seeds with the choices (running the "
+                                                          "sweeps of --steps first when OUT has no choices.json)")
     p.add_argument("--final-seeds", default="100,101,102,103,104")
     p.add_argument("--final-recipes", default="text_bigru,text_sdmoe,summer_text",
                    help="comma-separated (summer_text needs text_sdmoe before it: its teacher)")
     args = p.parse_args()
     out = Path(args.out or f"runs/protocol/{args.corpus}")
     base = [f"data.root={args.data or f'../shared/data/{args.corpus}'}", "trainer.threads=1", "trainer.progress=false"]
+    if args.features:
+        base.append(f"data.features={{text: {Path(args.features).resolve()}}}")
+    if not args.final or not (out / "choices.json").exists():
+        step_seeds = {k: [int(v) for v in vs.split(",")] for k, _, vs in (a.partition("=") for a in args.step_seeds)}
+        run_sweeps(args.corpus, out, [int(s) for s in args.seeds.split(",")], base, args.steps.split(","), step_seeds)
     if args.final:
         run_final(args.corpus, out, [int(s) for s in args.final_seeds.split(",")], base,
                   args.final_recipes.split(","))
-    else:
-        step_seeds = {k: [int(v) for v in vs.split(",")] for k, _, vs in (a.partition("=") for a in args.step_seeds)}
-        run_sweeps(args.corpus, out, [int(s) for s in args.seeds.split(",")], base, args.steps.split(","), step_seeds)
 
 
 if __name__ == "__main__":
