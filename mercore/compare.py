@@ -7,13 +7,17 @@ test utterance), checked to cover the same utterances with the same gold labels.
 * a **paired bootstrap** confidence interval: the test utterances are resampled with replacement ``R`` times
   (the same resample for every run of both sides) and the difference ``mean wF1(A) - mean wF1(B)`` is
   recomputed; the interval is its ``(alpha/2, 1 - alpha/2)`` percentiles;
+* with ``resample_runs`` (``--resample-runs``), a **two-level bootstrap** instead: each resample also draws
+  each side's runs with replacement (k of k), so the interval carries the seed-to-seed spread as well as the
+  test set's; the difference of two recipes' seed means is then inside the noise when this interval holds 0;
 * a **paired permutation** p-value (two-sided): per utterance, A's and B's predictions are swapped with
   probability 1/2 (run i of A with run i of B, so both sides need the same number of runs), ``R`` times;
   ``p = (1 + #{|d_perm| >= |d_observed|}) / (R + 1)``.
 
 Random draws, for reproducibility (a reference implementation can replay them): ``rng =
 numpy.random.default_rng(seed)``; first the bootstrap, in chunks of :data:`CHUNK` resamples, each
-``rng.integers(0, n, size=(chunk, n))``; then the permutation, in chunks, each ``rng.random((chunk, n)) < 0.5``.
+``rng.integers(0, n, size=(chunk, n))`` (with ``resample_runs``, followed by A's run draws
+``rng.integers(0, k_a, size=(chunk, k_a))`` and B's ``rng.integers(0, k_b, size=(chunk, k_b))``); then the permutation, in chunks, each ``rng.random((chunk, n)) < 0.5``.
 """
 
 from __future__ import annotations
@@ -57,14 +61,16 @@ class Comparison:
     p_value: float | None  # None when the sides have different numbers of runs
     resamples: int
     seed: int
+    resample_runs: bool = False  # the interval also resamples each side's runs (seeds)
 
     def summary(self) -> str:
         ci = f"{100 * self.confidence:g}% CI [{100 * self.ci_low:+.2f}, {100 * self.ci_high:+.2f}]"
+        kind = "two-level bootstrap (runs and utterances)" if self.resample_runs else "paired bootstrap"
         p = f"permutation p = {self.p_value:.4f}" if self.p_value is not None else \
             "permutation p: n/a (the sides have different numbers of runs)"
         return (f"test weighted F1: A {100 * self.wf1_a:.2f} ({len(self.a_runs)} run(s)) vs B {100 * self.wf1_b:.2f} "
                 f"({len(self.b_runs)} run(s)) on {self.num_utterances} utterances\n"
-                f"difference A - B: {100 * self.diff:+.2f} points, paired bootstrap {ci} ({self.resamples} resamples), "
+                f"difference A - B: {100 * self.diff:+.2f} points, {kind} {ci} ({self.resamples} resamples), "
                 f"{p}")
 
 
@@ -136,11 +142,19 @@ class _Side:
         self.pred = np.stack([_one_hot(r.pred, c) for r in runs])  # (k, n, C)
         self.tp = self.pred * self.gold  # (k, n, C)
 
-    def wf1(self, weights: np.ndarray) -> np.ndarray:
-        """``(R,)`` mean over runs of the weighted F1 under utterance weights ``(R, n)``."""
+    def run_wf1(self, weights: np.ndarray) -> np.ndarray:
+        """``(k, R)``: each run's weighted F1 under utterance weights ``(R, n)``."""
         support = weights @ self.gold  # (R, C)
-        scores = [weighted_f1_from_counts(weights @ tp, weights @ pred, support) for tp, pred in zip(self.tp, self.pred)]
-        return np.mean(scores, axis=0)
+        return np.stack([weighted_f1_from_counts(weights @ tp, weights @ pred, support)
+                         for tp, pred in zip(self.tp, self.pred)])
+
+    def wf1(self, weights: np.ndarray, runs: np.ndarray | None = None) -> np.ndarray:
+        """``(R,)`` mean over runs of the weighted F1 under utterance weights ``(R, n)``; ``runs`` ``(R, k)``:
+        which runs each resample averages (drawn with replacement), all of them once when None."""
+        scores = self.run_wf1(weights)  # (k, R)
+        if runs is None:
+            return scores.mean(0)
+        return np.take_along_axis(scores, runs.T, axis=0).mean(0)  # (R,)
 
 
 def bootstrap_indices(rng: np.random.Generator, resamples: int, n: int) -> Iterator[np.ndarray]:
@@ -162,8 +176,10 @@ def permutation_swaps(rng: np.random.Generator, resamples: int, n: int) -> Itera
 
 
 def compare_runs(a: Sequence[str | Path], b: Sequence[str | Path], *, resamples: int = 10_000,
-                 confidence: float = 0.95, seed: int = 0, num_classes: int | None = None) -> Comparison:
-    """Paired bootstrap CI and permutation p-value of ``mean wF1(A) - mean wF1(B)`` on the test utterances."""
+                 confidence: float = 0.95, seed: int = 0, num_classes: int | None = None,
+                 resample_runs: bool = False) -> Comparison:
+    """Paired bootstrap CI (two-level with ``resample_runs``: runs and utterances) and permutation p-value of
+    ``mean wF1(A) - mean wF1(B)`` on the test utterances."""
     if not a or not b:
         raise DataError("compare needs at least one run on each side")
     if resamples < 1 or not 0 < confidence < 1:
@@ -183,7 +199,12 @@ def compare_runs(a: Sequence[str | Path], b: Sequence[str | Path], *, resamples:
     for idx in bootstrap_indices(rng, resamples, n):
         weights = np.zeros((idx.shape[0], n))
         np.add.at(weights, (np.arange(idx.shape[0])[:, None], idx), 1.0)  # how often each utterance was drawn
-        diffs.append(side_a.wf1(weights) - side_b.wf1(weights))
+        if resample_runs:
+            runs_drawn_a = rng.integers(0, len(runs_a), size=(idx.shape[0], len(runs_a)))
+            runs_drawn_b = rng.integers(0, len(runs_b), size=(idx.shape[0], len(runs_b)))
+            diffs.append(side_a.wf1(weights, runs_drawn_a) - side_b.wf1(weights, runs_drawn_b))
+        else:
+            diffs.append(side_a.wf1(weights) - side_b.wf1(weights))
     d = np.concatenate(diffs)
     lo, hi = np.quantile(d, [(1 - confidence) / 2, 1 - (1 - confidence) / 2])
 
@@ -205,7 +226,8 @@ def compare_runs(a: Sequence[str | Path], b: Sequence[str | Path], *, resamples:
         p_value = (1 + extreme) / (resamples + 1)
     return Comparison(a_runs=[str(r.run_dir) for r in runs_a], b_runs=[str(r.run_dir) for r in runs_b],
                       num_utterances=n, wf1_a=wf1_a, wf1_b=wf1_b, diff=observed, ci_low=float(lo), ci_high=float(hi),
-                      confidence=confidence, p_value=p_value, resamples=resamples, seed=seed)
+                      confidence=confidence, p_value=p_value, resamples=resamples, seed=seed,
+                      resample_runs=resample_runs)
 
 
 def cmd_compare(args) -> int:
@@ -215,7 +237,8 @@ def cmd_compare(args) -> int:
         if len(a) != 2:
             raise DataError("compare: give two runs (mercore compare A B) or two groups (A1 A2 ... --vs B1 B2 ...)")
         a, b = a[:1], a[1:]
-    result = compare_runs(a, b, resamples=args.resamples, confidence=args.confidence, seed=args.seed)
+    result = compare_runs(a, b, resamples=args.resamples, confidence=args.confidence, seed=args.seed,
+                          resample_runs=args.resample_runs)
     if args.json:
         print(json.dumps(attrs.asdict(result), indent=2))
     else:
@@ -232,5 +255,8 @@ def add_parser(sub) -> None:
     p.add_argument("--resamples", type=int, default=10_000)
     p.add_argument("--confidence", type=float, default=0.95)
     p.add_argument("--seed", type=int, default=0, help="seed of the resampling")
+    p.add_argument("--resample-runs", action="store_true",
+                   help="two-level bootstrap: also draw each side's runs (seeds) with replacement, so the interval "
+                        "carries the seed-to-seed spread")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_compare)

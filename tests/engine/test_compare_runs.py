@@ -31,15 +31,21 @@ def wf1(gold, pred) -> float:
     return classification_report(torch.as_tensor(gold), torch.as_tensor(pred), [str(c) for c in range(C)])["weighted_f1"]
 
 
-def reference(a_preds, b_preds, gold, resamples, seed):
+def reference(a_preds, b_preds, gold, resamples, seed, resample_runs=False):
     """Slow explicit loops over the same draws (the documented draw order) with the reference metric."""
     n = len(gold)
     rng = np.random.default_rng(seed)
     diffs = []
     for chunk in bootstrap_indices(rng, resamples, n):
-        for idx in chunk:
-            diffs.append(np.mean([wf1(gold[idx], p[idx]) for p in a_preds]) -
-                         np.mean([wf1(gold[idx], p[idx]) for p in b_preds]))
+        runs_a = runs_b = None
+        if resample_runs:  # drawn after the chunk's utterance indices, A's then B's
+            runs_a = rng.integers(0, len(a_preds), size=(len(chunk), len(a_preds)))
+            runs_b = rng.integers(0, len(b_preds), size=(len(chunk), len(b_preds)))
+        for r, idx in enumerate(chunk):
+            pick_a = a_preds if runs_a is None else [a_preds[j] for j in runs_a[r]]
+            pick_b = b_preds if runs_b is None else [b_preds[j] for j in runs_b[r]]
+            diffs.append(np.mean([wf1(gold[idx], p[idx]) for p in pick_a]) -
+                         np.mean([wf1(gold[idx], p[idx]) for p in pick_b]))
     observed = np.mean([wf1(gold, p) for p in a_preds]) - np.mean([wf1(gold, p) for p in b_preds])
     extreme = 0
     for chunk in permutation_swaps(rng, resamples, n):
@@ -70,6 +76,33 @@ def test_matches_the_slow_reference(tmp_path, seeds_per_side):
     assert got.wf1_a == pytest.approx(np.mean([wf1(gold, q) for q in a_preds]), abs=1e-12)
     assert (got.ci_low, got.ci_high) == (pytest.approx(lo, abs=1e-12), pytest.approx(hi, abs=1e-12))
     assert got.p_value == pytest.approx(p, abs=1e-12)
+
+
+def test_two_level_bootstrap_matches_the_slow_reference(tmp_path):
+    rng = np.random.default_rng(1)
+    gold = rng.integers(0, C, 60)
+    a_preds = [noisy(gold, acc, rng) for acc in (0.6, 0.7, 0.8)]
+    b_preds = [noisy(gold, 0.65, rng) for _ in range(2)]
+    a = [write_run(tmp_path / f"a{i}", gold, p) for i, p in enumerate(a_preds)]
+    b = [write_run(tmp_path / f"b{i}", gold, p) for i, p in enumerate(b_preds)]
+    got = compare_runs(a, b, resamples=200, seed=3, num_classes=C, resample_runs=True)
+    observed, (lo, hi), _ = reference(a_preds, b_preds, gold, 200, 3, resample_runs=True)
+    assert got.resample_runs and got.diff == pytest.approx(observed, abs=1e-12)
+    assert (got.ci_low, got.ci_high) == (pytest.approx(lo, abs=1e-12), pytest.approx(hi, abs=1e-12))
+    assert got.p_value is None  # 3 runs against 2: no run-by-run pairing for the permutation
+
+
+def test_two_level_interval_carries_the_seed_spread(tmp_path):
+    """Side A's seeds disagree widely (accuracy 0.55 .. 0.95), B's do not: resampling A's runs widens the
+    interval, and it is never narrower than the utterance-only one by more than resampling noise."""
+    rng = np.random.default_rng(2)
+    gold = rng.integers(0, C, 400)
+    a = [write_run(tmp_path / f"a{i}", gold, noisy(gold, acc, rng)) for i, acc in enumerate((0.55, 0.75, 0.95))]
+    b = [write_run(tmp_path / f"b{i}", gold, noisy(gold, 0.7, rng)) for i in range(3)]
+    flat = compare_runs(a, b, resamples=2000, seed=0, num_classes=C)
+    two = compare_runs(a, b, resamples=2000, seed=0, num_classes=C, resample_runs=True)
+    assert two.diff == flat.diff
+    assert (two.ci_high - two.ci_low) > 2 * (flat.ci_high - flat.ci_low)
 
 
 def test_constructed_known_difference(tmp_path):
@@ -119,5 +152,7 @@ def test_cli(tmp_path, capsys):
     assert main(["compare", str(a1), str(a2), "--vs", str(b1), str(b2), "--resamples", "50", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert len(result["a_runs"]) == 2 and result["diff"] == pytest.approx(0.25, abs=1e-3)
+    assert main(["compare", str(a1), str(a2), "--vs", str(b1), str(b2), "--resamples", "50", "--resample-runs"]) == 0
+    assert "two-level bootstrap (runs and utterances) 95% CI" in capsys.readouterr().out
     assert main(["compare", str(a1), str(a2), str(b1)]) == 2  # three runs and no --vs: a user error, said so
     assert "give two runs" in capsys.readouterr().err
