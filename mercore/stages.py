@@ -253,7 +253,9 @@ def run_stages(plan: list[PlannedStage], log: Callable[[str], None] = print) -> 
         with kept_global_state():
             results = Trainer(st.loaded, log=stage_log).run()
         dist.barrier()  # every rank goes on only once rank 0 has written the stage's results
-        stage_log(f"done: test weighted F1 {results['test']['weighted_f1']:.4f} (epoch {results['best_epoch']})")
+        # the dev score that selected the stage's checkpoint: a stage is an intermediate (a sweep's teachers
+        # too), so its test score stays in its results.json and is not printed
+        stage_log(f"done: dev weighted F1 {results['dev']['weighted_f1']:.4f} (epoch {results['best_epoch']})")
 
 
 def run_with_stages(loaded, log: Callable[[str], None] = print) -> dict:

@@ -38,7 +38,8 @@ def test_summer_text_trains_teacher_then_student_in_one_command(corpus, tmp_path
         assert list(results["test"]["per_class_f1"]) == LABELS[corpus]
         assert 0.0 < results["test"]["weighted_f1"] <= 1.0
     assert "stage plan" in proc.stdout and f"data.root={root}" in proc.stdout  # the teacher inherits data.root
-    assert "[teacher] done" in proc.stdout + proc.stderr
+    teacher_dev = json.loads((out / "teacher" / "results.json").read_text())["dev"]["weighted_f1"]
+    assert f"[teacher] done: dev weighted F1 {teacher_dev:.4f}" in proc.stdout + proc.stderr  # its test: not printed
     assert "weighted F1" in proc.stdout or "weighted_f1" in proc.stdout
 
 
