@@ -199,12 +199,9 @@ def compare_runs(a: Sequence[str | Path], b: Sequence[str | Path], *, resamples:
     for idx in bootstrap_indices(rng, resamples, n):
         weights = np.zeros((idx.shape[0], n))
         np.add.at(weights, (np.arange(idx.shape[0])[:, None], idx), 1.0)  # how often each utterance was drawn
-        if resample_runs:
-            runs_drawn_a = rng.integers(0, len(runs_a), size=(idx.shape[0], len(runs_a)))
-            runs_drawn_b = rng.integers(0, len(runs_b), size=(idx.shape[0], len(runs_b)))
-            diffs.append(side_a.wf1(weights, runs_drawn_a) - side_b.wf1(weights, runs_drawn_b))
-        else:
-            diffs.append(side_a.wf1(weights) - side_b.wf1(weights))
+        drawn_a = rng.integers(0, len(runs_a), size=(idx.shape[0], len(runs_a))) if resample_runs else None
+        drawn_b = rng.integers(0, len(runs_b), size=(idx.shape[0], len(runs_b))) if resample_runs else None
+        diffs.append(side_a.wf1(weights, drawn_a) - side_b.wf1(weights, drawn_b))
     d = np.concatenate(diffs)
     lo, hi = np.quantile(d, [(1 - confidence) / 2, 1 - (1 - confidence) / 2])
 

@@ -3,8 +3,8 @@
 Runs are grouped by their saved ``recipe.yaml`` with ``seed`` and ``output_dir`` removed: runs that differ only
 in the seed form one row. A stage's ``output_dir`` (an IKD teacher trained per seed) is removed too, and a value
 that names it (``distiller.teacher``) reads as ``<stage NAME>``: two seeds of a distilled student, each with its
-own teacher run of the same recipe, are one setting. Each row gives the number of seeds, the mean and the sample standard deviation
-(``ddof=1``; 0 for one seed) of the dev score that selected the checkpoint, of test accuracy, weighted F1 and
+own teacher run of the same recipe, are one setting. Each row gives the number of seeds, the mean and the
+sample standard deviation (``ddof=1``; none shown for one seed) of the dev score that selected the checkpoint, of test accuracy, weighted F1 and
 macro F1, and the mean test F1 of every class, all in percent.
 """
 
@@ -88,15 +88,12 @@ class ReportRow:
     runs: list[RunResult]
 
     def cells(self, split: str = "test") -> dict[str, str]:
-        def pm(values: list[float]) -> str:
-            return percent_mean_std(values)
-
         first = self.runs[0].results
         select = first.get("selected_on", "dev weighted_f1").split()[-1]
         out = {"recipe": self.label, "seeds": ",".join(str(r.seed) for r in self.runs),
-               f"dev {select}": pm([r.results["dev"][select] for r in self.runs])}
+               f"dev {select}": percent_mean_std([r.results["dev"][select] for r in self.runs])}
         for metric in ("accuracy", "weighted_f1", "macro_f1"):
-            out[f"{split} {metric}"] = pm([r.results[split][metric] for r in self.runs])
+            out[f"{split} {metric}"] = percent_mean_std([r.results[split][metric] for r in self.runs])
         for cls in first.get("label_names", []):
             vals = [100 * r.results[split]["per_class_f1"][cls] for r in self.runs]
             out[f"F1 {cls}"] = f"{sum(vals) / len(vals):.2f}"
