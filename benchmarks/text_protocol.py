@@ -11,7 +11,7 @@ ranked by mean dev weighted F1; resumable, so a killed protocol restarts where i
 
 The grid is small because the machine is (2 CPU cores): weight decay 0.1, label smoothing 0.1, the gate's
 c = 2 and its statistic axis (tokens), and the encoders' sizes stay as the recipes set them (single-value grid
-entries keep the keys visible). ``--steps`` runs some steps only and ``--step-seeds summer=0`` gives one step
+entries keep the keys visible; ``--grid KEY=V1,V2`` replaces one key's values). ``--steps`` runs some steps only and ``--step-seeds summer=0`` gives one step
 its own seeds; a step left out can take another corpus's choice by copying it into ``choices.json``.
 
 ``--final`` then trains each recipe (text_bigru, text_sdmoe, summer_text by default) with every choice on fresh seeds (100-104 by default, never used for a
@@ -58,13 +58,35 @@ def chosen_overrides(choices: dict[str, list[str]], steps: list[str]) -> list[st
     return [o for s in steps for o in choices.get(s, [])]
 
 
+def widened_grid(grid: list[tuple[str, list[str]]], values: dict[str, list[str]]) -> list[tuple[str, list[str]]]:
+    """``grid`` with the values of any key named in ``values`` replaced (``--grid optimizer.lr=1e-3,2e-3,4e-3``)."""
+    return [(key, values.get(key, vals)) for key, vals in grid]
+
+
+def parse_grid_values(args: list[str]) -> dict[str, list[str]]:
+    """``["optimizer.lr=1e-3,4e-3"]`` -> ``{"optimizer.lr": ["1e-3", "4e-3"]}``; a key no step sweeps is an error
+    (a typo would otherwise silently sweep the default grid)."""
+    known = {key for _, _, grid in STEPS for key, _ in grid}
+    values: dict[str, list[str]] = {}
+    for arg in args:
+        key, eq, vals = arg.partition("=")
+        if not eq or not vals:
+            raise SystemExit(f"--grid {arg!r}: expected KEY=V1,V2,...")
+        if key not in known:
+            raise SystemExit(f"--grid {arg!r}: no step sweeps {key!r} (the swept keys: {', '.join(sorted(known))})")
+        values[key] = vals.split(",")
+    return values
+
+
 def run_sweeps(corpus: str, out: Path, seeds: list[int], base: list[str], steps: list[str],
-               step_seeds: dict[str, list[int]]) -> dict[str, list[str]]:
+               step_seeds: dict[str, list[int]], grid_values: dict[str, list[str]] | None = None
+               ) -> dict[str, list[str]]:
     choices_file = out / "choices.json"
     choices: dict[str, list[str]] = json.loads(choices_file.read_text()) if choices_file.exists() else {}
     for step, recipe, grid in STEPS:
         if step not in steps:
             continue
+        grid = widened_grid(grid, grid_values or {})
         uses = [s for s in USES[recipe] if s != step]
         overrides = [*base, *chosen_overrides(choices, uses)]
         if recipe == "summer_text":  # the teacher: step sdmoe's selected run of the same seed
@@ -106,6 +128,9 @@ def main() -> None:
     p.add_argument("--features", default=None,
                    help="text features to use instead of the corpus's MiniLM file (a safetensors file, e.g. from "
                         "mercore extract)")
+    p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
+                   help="replace the values a step sweeps for KEY (e.g. optimizer.lr=1e-3,2e-3,4e-3 when a choice "
+                        "lands on the grid's edge); repeatable")
     p.add_argument("--final", action="store_true", help="train the final seeds with the choices (running the "
                                                           "sweeps of --steps first when OUT has no choices.json)")
     p.add_argument("--final-seeds", default="100,101,102,103,104")
@@ -118,7 +143,8 @@ def main() -> None:
         base.append(f"data.features={{text: {Path(args.features).resolve()}}}")
     if not args.final or not (out / "choices.json").exists():
         step_seeds = {k: [int(v) for v in vs.split(",")] for k, _, vs in (a.partition("=") for a in args.step_seeds)}
-        run_sweeps(args.corpus, out, [int(s) for s in args.seeds.split(",")], base, args.steps.split(","), step_seeds)
+        run_sweeps(args.corpus, out, [int(s) for s in args.seeds.split(",")], base, args.steps.split(","), step_seeds,
+                   parse_grid_values(args.grid))
     if args.final:
         run_final(args.corpus, out, [int(s) for s in args.final_seeds.split(",")], base,
                   args.final_recipes.split(","))
