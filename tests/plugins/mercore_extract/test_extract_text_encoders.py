@@ -209,3 +209,22 @@ def test_context_is_a_second_segment_and_only_the_target_tokens_are_pooled(tiny_
                        torch.tensor([[2.0, 3.0], [6.0, 7.0]]))
     assert torch.equal(pool(hs, m, layers=[-1], combine="mean", pooling="cls", normalize=False),
                        torch.tensor([[0.0, 1.0], [6.0, 7.0]]))
+
+
+def test_a_target_longer_than_max_length_with_a_context_is_cut_not_an_error(tiny_bert):
+    # Found on IEMOCAP with context 2 and max_length 128: only_second truncation raised "Sequence to truncate
+    # too short" for one long test utterance, after an hour of fine-tuning.
+    from mercore_extract.encoding import load_backbone, tokenize
+
+    tok, _ = load_backbone(tiny_bert, "cpu", "test")
+    long_target = " ".join(["great day"] * 20)  # 40 tokens
+    inputs = [("a: fun", "b: the day was sad"), (long_target, "a: fun")]
+    enc, mask = tokenize(tok, inputs, 16, "cpu")
+    assert enc["input_ids"].shape == (2, 16)
+    # the long target keeps 16 - 3 specials - 1 = 12 tokens and its context keeps 1; pooled: [CLS] + 12 + [SEP]
+    assert mask[1].sum() == 14 and enc["attention_mask"][1].sum() == 16
+    assert tok.decode(enc["input_ids"][1][1:13]) == " ".join(["great day"] * 6)
+    # an input that fitted before is tokenised exactly as before
+    alone, alone_mask = tokenize(tok, inputs[:1], 16, "cpu")
+    assert torch.equal(alone["input_ids"][0], enc["input_ids"][0][:alone["input_ids"].shape[1]])
+    assert torch.equal(alone_mask[0], mask[0][:alone_mask.shape[1]])
