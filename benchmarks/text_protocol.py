@@ -11,8 +11,9 @@ ranked by mean dev weighted F1; resumable, so a killed protocol restarts where i
 
 The grid is small because the machine is (2 CPU cores): weight decay 0.1, label smoothing 0.1, the gate's
 c = 2 and its statistic axis (tokens), and the encoders' sizes stay as the recipes set them (single-value grid
-entries keep the keys visible; ``--grid KEY=V1,V2`` replaces one key's values). ``--steps`` runs some steps only and ``--step-seeds summer=0`` gives one step
-its own seeds; a step left out can take another corpus's choice by copying it into ``choices.json``.
+entries keep the keys visible; ``--grid KEY=V1,V2`` replaces one key's values). ``--steps`` runs some steps only
+and ``--step-seeds summer=0`` gives one step its own seeds; a step left out can take another corpus's choice by
+copying it into ``choices.json``.
 
 ``--final`` then trains each recipe (text_bigru, text_sdmoe, summer_text by default) with every choice on fresh seeds (100-104 by default, never used for a
 choice) and writes the runs to ``OUT/final/<recipe>/seed<N>`` (summer_text's teacher: the final text_sdmoe run of
@@ -79,14 +80,13 @@ def parse_grid_values(args: list[str]) -> dict[str, list[str]]:
 
 
 def run_sweeps(corpus: str, out: Path, seeds: list[int], base: list[str], steps: list[str],
-               step_seeds: dict[str, list[int]], grid_values: dict[str, list[str]] | None = None
-               ) -> dict[str, list[str]]:
+               step_seeds: dict[str, list[int]], grid_values: dict[str, list[str]]) -> dict[str, list[str]]:
     choices_file = out / "choices.json"
     choices: dict[str, list[str]] = json.loads(choices_file.read_text()) if choices_file.exists() else {}
     for step, recipe, grid in STEPS:
         if step not in steps:
             continue
-        grid = widened_grid(grid, grid_values or {})
+        grid = widened_grid(grid, grid_values)
         uses = [s for s in USES[recipe] if s != step]
         overrides = [*base, *chosen_overrides(choices, uses)]
         if recipe == "summer_text":  # the teacher: step sdmoe's selected run of the same seed
@@ -137,6 +137,7 @@ def main() -> None:
     p.add_argument("--final-recipes", default="text_bigru,text_sdmoe,summer_text",
                    help="comma-separated (summer_text needs text_sdmoe before it: its teacher)")
     args = p.parse_args()
+    grid_values = parse_grid_values(args.grid)  # a typo fails now, before any training
     out = Path(args.out or f"runs/protocol/{args.corpus}")
     base = [f"data.root={args.data or f'../shared/data/{args.corpus}'}", "trainer.threads=1", "trainer.progress=false"]
     if args.features:
@@ -144,7 +145,7 @@ def main() -> None:
     if not args.final or not (out / "choices.json").exists():
         step_seeds = {k: [int(v) for v in vs.split(",")] for k, _, vs in (a.partition("=") for a in args.step_seeds)}
         run_sweeps(args.corpus, out, [int(s) for s in args.seeds.split(",")], base, args.steps.split(","), step_seeds,
-                   parse_grid_values(args.grid))
+                   grid_values)
     if args.final:
         run_final(args.corpus, out, [int(s) for s in args.final_seeds.split(",")], base,
                   args.final_recipes.split(","))

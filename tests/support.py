@@ -6,8 +6,10 @@ imports ``conftest``, which pytest loads itself).
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -16,6 +18,14 @@ from mercore.errors import DataError
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent  # the repository: recipes/, benchmarks/, README.md
 SHARED_DATA = ROOT.parent / "shared" / "data"  # the real corpora beside the checkout (absent in some clones)
+
+
+def benchmark_module(name: str) -> ModuleType:
+    """``benchmarks/NAME.py`` loaded as a module (the benchmarks folder is scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def write_recipe(path: Path, text: str) -> Path:

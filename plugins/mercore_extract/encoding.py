@@ -44,7 +44,7 @@ def tokenize(tokenizer, inputs: Sequence[tuple[str, str | None]], max_length: in
     targets = [t for t, _ in inputs]
     if any(c is not None for _, c in inputs):
         contexts = [c or "" for _, c in inputs]
-        targets = [_fit_target(tokenizer, t, max_length) for t in targets]
+        targets = _fit_targets(tokenizer, targets, max_length)
         # truncate the context first: the target utterance is what the vector is about
         enc = tokenizer(targets, contexts, padding=True, truncation="only_second", max_length=max_length,
                         return_tensors="pt")
@@ -57,17 +57,16 @@ def tokenize(tokenizer, inputs: Sequence[tuple[str, str | None]], max_length: in
     return {k: v.to(device) for k, v in enc.items()}, target_mask.to(device)
 
 
-def _fit_target(tokenizer, target: str, max_length: int) -> str:
-    """``target`` cut at a token boundary so that, as the first segment of a pair, one context token still fits.
+def _fit_targets(tokenizer, targets: list[str], max_length: int) -> list[str]:
+    """Each target cut at a token boundary so that, as the first segment of a pair, one context token still fits.
 
-    ``truncation="only_second"`` cuts the context only, and raises ("Sequence to truncate too short") when the
-    target alone is longer than ``max_length``; such a target is cut as it would be without a context.
+    ``truncation="only_second"`` cuts the context only, and raises ("Sequence to truncate too short") when a
+    target alone is longer than ``max_length``; such a target is cut as it would be without a context. One
+    batched tokeniser call for the whole batch; targets that fit are returned unchanged.
     """
     room = max_length - tokenizer.num_special_tokens_to_add(pair=True) - 1
-    enc = tokenizer(target, add_special_tokens=False, return_offsets_mapping=True)
-    if len(enc["input_ids"]) <= room:
-        return target
-    return target[:enc["offset_mapping"][room - 1][1]]
+    offsets = tokenizer(targets, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    return [t if len(o) <= room else t[:o[room - 1][1]] for t, o in zip(targets, offsets)]
 
 
 def _first_segment_end(sequence_ids: list[int | None]) -> int:

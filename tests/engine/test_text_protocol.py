@@ -2,25 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _protocol():
-    spec = importlib.util.spec_from_file_location("text_protocol", ROOT / "benchmarks" / "text_protocol.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from support import ROOT, benchmark_module
 
 
 def test_grid_replaces_only_the_named_key() -> None:
-    protocol = _protocol()
+    protocol = benchmark_module("text_protocol")
     values = protocol.parse_grid_values(["optimizer.lr=1e-3,2e-3,4e-3"])
     assert values == {"optimizer.lr": ["1e-3", "2e-3", "4e-3"]}
     shared = next(grid for step, _, grid in protocol.STEPS if step == "shared")

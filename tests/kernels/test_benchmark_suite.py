@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -11,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from support import ROOT
+from support import ROOT, benchmark_module
 VARIANTS = {"naive", "dense", "capacity", "fused", "floor"}
 
 
@@ -87,9 +86,7 @@ def test_interleaved_names_issue13_cells_and_per_cell_rounds() -> None:
 
 
 def test_machine_info_names_cpu_isa_threads_and_blas(tmp_path: Path) -> None:
-    spec = importlib.util.spec_from_file_location("machine_info", ROOT / "benchmarks" / "machine_info.py")
-    machine_info = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(machine_info)
+    machine_info = benchmark_module("machine_info")
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text("processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz\nflags\t: avx\n")
     assert machine_info.cpu_model(cpuinfo) == "Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz"

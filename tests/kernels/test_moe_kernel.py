@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import importlib.util
 import os
 from unittest import mock
 
@@ -27,19 +26,10 @@ from mercore.kernels.moe import (
     padded_to_flat,
 )
 from mercore.kernels.moe import padded
-from support import ROOT
+from support import benchmark_module
 
 
-def _benchmark_variants():
-    """The benchmark-only variants (dense, capacity, floor) from ``benchmarks/moe_variants.py``."""
-    path = ROOT / "benchmarks" / "moe_variants.py"
-    spec = importlib.util.spec_from_file_location("moe_variants", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-_variants = _benchmark_variants()
+_variants = benchmark_module("moe_variants")  # the benchmark-only variants (dense, capacity, floor)
 capacity_moe, dense_moe, floor_matmul = _variants.capacity_moe, _variants.dense_moe, _variants.floor_matmul
 
 # "padded-blocks" is the padded layout with CPU cache blocking forced down to one expert per block, so that the
